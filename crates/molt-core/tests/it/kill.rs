@@ -274,7 +274,11 @@ fn run_parent() {
         // Every tenth worker lives long enough to finish an install, so
         // versions keep advancing even on a loaded machine where short
         // windows would only ever catch the first write.
-        let window_us = if run % 10 == 9 { LONG_KILL_WINDOW_US } else { KILL_WINDOW_US };
+        let window_us = if run % 10 == 9 {
+            LONG_KILL_WINDOW_US
+        } else {
+            KILL_WINDOW_US
+        };
         let delay = Duration::from_micros(rng.below(window_us));
         let (mut child, stdout) = spawn_worker(&dir);
         let ready = wait_ready(stdout);
