@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! cargo xtask crash-sim   run the power-cut simulator (release build)
+//! cargo xtask test        the whole test suite (the README's test command)
 //! cargo xtask check       format, clippy, docs, no_std build, fuzz compile check
-//! cargo xtask ci          the README's test command, then `check`: what .ci/run does
+//! cargo xtask ci          `test`, then `check`: what .ci/run does
+//! cargo xtask deps        install the Debian packages the build needs (clang, lld) if missing
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,18 +20,30 @@ Tasks:
   crash-sim   Run the power-cut simulator in release mode and print its report line.
               MOLT_CRASH_RUNS=<n> scales it up (default 10000), MOLT_CRASH_SEED=<n>
               picks the seed, MOLT_CRASH_ONLY=<case> replays one failed case.
-  check       Format check, clippy with warnings denied, docs with warnings denied,
-              the no_std build of molt-core for thumbv7em-none-eabihf, and a compile
-              check of the fuzz targets.
-  ci          The README's test command (cargo test --workspace), then check.
+  test        The whole test suite, the README's test command: installs what the build
+              needs (deps), then runs cargo test --workspace and the guest policies'
+              native tests.
+  check       Format check, clippy with warnings denied (host workspace, and guests for
+              wasm32), docs with warnings denied, the no_std build of molt-core for
+              thumbv7em-none-eabihf, and a compile check of the fuzz targets.
+  ci          test, then check: what .ci/run does.
+  deps        Install the Debian packages the build needs beyond rustup's toolchain,
+              if any is missing: clang and lld, which compile the C guest policies
+              in guests-c/ to WebAssembly. Runs apt-get (with sudo when not root).
 ";
+
+/// Debian packages the build needs beyond rustup's toolchain, each with the command that shows it is installed.
+/// `crates/molt-guests` compiles `guests-c/` with clang and links it with lld's `wasm-ld`.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("clang", "clang"), ("lld", "wasm-ld")];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let outcome = match task.as_deref() {
         Some("crash-sim") => crash_sim(),
         Some("check") => check(),
-        Some("ci") => test().and_then(|()| check()),
+        Some("test") => deps().and_then(|()| test()),
+        Some("ci") => deps().and_then(|()| test()).and_then(|()| check()),
+        Some("deps") => deps(),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             return ExitCode::SUCCESS;
@@ -87,12 +101,97 @@ fn crash_sim() -> Result<()> {
     )
 }
 
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, command)| !command_exists(command))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: deps: all installed ({})", installed_commands());
+        return Ok(());
+    }
+    if !command_exists("apt-get") {
+        bail!(
+            "missing {}, and this is not a Debian-like system with apt-get: install them with your package manager",
+            missing.join(", ")
+        );
+    }
+    let apt_get = || {
+        // Not root (a developer's machine): ask sudo; CI runs as root.
+        let mut command = if is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        command.env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run("apt-get update", apt_get().arg("update"))?;
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    let still_missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, command)| !command_exists(command))
+        .map(|(_, command)| *command)
+        .collect();
+    if !still_missing.is_empty() {
+        bail!(
+            "installed {} but still cannot find {} on PATH",
+            missing.join(", "),
+            still_missing.join(", ")
+        );
+    }
+    eprintln!("xtask: deps: all installed ({})", installed_commands());
+    Ok(())
+}
+
+fn installed_commands() -> String {
+    DEBIAN_PACKAGES
+        .iter()
+        .map(|(_, command)| *command)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `command -v`, as the shell finds commands.
+fn command_exists(command: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {command} >/dev/null"))
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
 fn test() -> Result<()> {
-    run("cargo test --workspace", cargo().args(["test", "--workspace"]))
+    run("cargo test --workspace", cargo().args(["test", "--workspace"]))?;
+    // The guest SDK and policies are plain Rust: their logic is tested
+    // natively, in their own workspace.
+    run(
+        "guest policies' native tests",
+        cargo().args(["test", "--manifest-path", "guests/Cargo.toml", "--workspace"]),
+    )
 }
 
 fn check() -> Result<()> {
     run("cargo fmt --check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "cargo fmt --check (guests)",
+        cargo().args(["fmt", "--manifest-path", "guests/Cargo.toml", "--all", "--check"]),
+    )?;
     run(
         "cargo clippy",
         cargo().args([
@@ -100,6 +199,20 @@ fn check() -> Result<()> {
             "--workspace",
             "--all-targets",
             "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "cargo clippy (guests, wasm32)",
+        cargo().args([
+            "clippy",
+            "--manifest-path",
+            "guests/Cargo.toml",
+            "--workspace",
+            "--target",
+            "wasm32-unknown-unknown",
             "--",
             "-D",
             "warnings",

@@ -1,0 +1,10 @@
+//! molt-wasm's integration tests, one binary.
+
+mod bad_modules;
+mod c_guest;
+mod determinism;
+mod engines;
+mod fixtures;
+mod guests;
+mod precompiled;
+mod swap;

@@ -1,0 +1,254 @@
+//! Live swap under load: sequence-numbered readings pumped at full speed
+//! through at least 1,000 swaps, good and bad versions mixed. Every
+//! reading's action must be delivered exactly once, in order, by the
+//! version that served its batch.
+
+use std::io::Write;
+
+use molt_wasm::{
+    Action, Deployment, PolicyModule, PolicyVersion, Reading, Runtime, RuntimeConfig, SwapConfig, SwapEvent,
+};
+
+/// A small deterministic generator (SplitMix64) so the run replays from its
+/// printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|text| text.parse().ok())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Good,
+    /// Traps on a reading it will meet during its trial.
+    Traps,
+    /// Returns a policy error during its trial.
+    Errors,
+}
+
+fn version(module: &PolicyModule, idx: u64, kind: Kind, rng: &mut Rng) -> PolicyVersion {
+    let tag = format!("v{idx}-{kind:?}");
+    let mut config = vec![("tag".to_string(), tag.clone())];
+    // Trial batches are 1..=48 readings and the trial lasts 4 batches, so a
+    // modulus of 23 always meets its remainder within the trial.
+    let remainder = rng.below(23).to_string();
+    match kind {
+        Kind::Good => {}
+        Kind::Traps => {
+            config.push(("trap_when_sequence_mod".into(), "23".into()));
+            config.push(("trap_when_sequence_rem".into(), remainder));
+        }
+        Kind::Errors => {
+            config.push(("error_when_sequence_mod".into(), "23".into()));
+            config.push(("error_when_sequence_rem".into(), remainder));
+        }
+    }
+    PolicyVersion {
+        id: tag,
+        module: module.clone(),
+        config,
+    }
+}
+
+#[test]
+fn a_thousand_live_swaps_lose_and_duplicate_nothing() {
+    let seed = env_u64("MOLT_SWAP_SEED").unwrap_or(0x5741_7053);
+    let swaps_min = env_u64("MOLT_SWAP_COUNT").unwrap_or(1000);
+    let mut rng = Rng(seed);
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let module = runtime.compile(molt_guests::SEQUENCE_ECHO).unwrap();
+    let swap_config = SwapConfig {
+        trial_batches: 4,
+        ..SwapConfig::default()
+    };
+    let mut deployment = Deployment::start(version(&module, 0, Kind::Good, &mut rng), swap_config).unwrap();
+
+    let mut next_sequence = 0u64;
+    let mut expected_next = 0u64;
+    let (mut lost, mut duplicated, mut reordered) = (0u64, 0u64, 0u64);
+    let mut versions = 1u64;
+    let mut reverted_seen = 0u64;
+    let mut latencies = Vec::new();
+    while deployment.stats().swaps < swaps_min {
+        if !deployment.on_trial() && rng.below(2) == 0 {
+            let kind = match rng.below(4) {
+                0 => Kind::Traps,
+                1 => Kind::Errors,
+                _ => Kind::Good,
+            };
+            deployment.stage(version(&module, versions, kind, &mut rng)).unwrap();
+            versions += 1;
+        }
+        let len = 1 + rng.below(48);
+        let batch: Vec<Reading> = (0..len)
+            .map(|offset| Reading {
+                sequence: next_sequence + offset,
+                sensor: ((next_sequence + offset) % 20) as u32,
+                timestamp_ms: 1_700_000_000_000 + next_sequence + offset,
+                value: (next_sequence + offset) as f64 * 0.5,
+            })
+            .collect();
+        next_sequence += len;
+
+        let outcome = deployment.process(batch);
+        assert!(
+            outcome.unprocessed.is_none(),
+            "a batch was handed back: {:?}",
+            outcome.unprocessed
+        );
+        assert!(
+            outcome.policy_error.is_none(),
+            "a policy error was delivered: {:?}",
+            outcome.policy_error
+        );
+        for event in &outcome.events {
+            match event {
+                SwapEvent::Swapped { latency, .. } => latencies.push(*latency),
+                SwapEvent::Reverted { from, .. } => {
+                    assert!(!from.ends_with("Good"), "a good version was reverted: {event:?}");
+                    reverted_seen += 1;
+                }
+                SwapEvent::SwapRefused { .. } | SwapEvent::Recovered { .. } => {
+                    panic!("unexpected event in a run of well-formed versions: {event:?}")
+                }
+                _ => {}
+            }
+        }
+        for action in &outcome.actions {
+            let Action::Telemetry(telemetry) = action else {
+                panic!("sequence-echo emits only telemetry, got {action:?}");
+            };
+            assert_eq!(
+                telemetry.metric, outcome.served_by,
+                "an action was credited to the wrong version"
+            );
+            let sequence = telemetry.value as u64;
+            if sequence == expected_next {
+                expected_next += 1;
+            } else if sequence < expected_next {
+                duplicated += 1;
+            } else {
+                reordered += 1;
+                lost += sequence - expected_next;
+                expected_next = sequence + 1;
+            }
+        }
+    }
+    lost += next_sequence - expected_next;
+    let stats = deployment.stats();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let line = format!(
+        "swap-test: swaps={} reverted={} readings={next_sequence} lost={lost} duplicated={duplicated} reordered={reordered}\n\
+         swap-test detail: commits={} switch latency p50={p50:?} p99={p99:?} (debug build; see docs/benchmarks.md) seed={seed}\n",
+        stats.swaps, stats.reverts, stats.commits,
+    );
+    // Past libtest's capture, so the line shows in every run.
+    std::io::stderr().write_all(line.as_bytes()).unwrap();
+    assert!(stats.swaps >= swaps_min);
+    assert_eq!(stats.reverts, reverted_seen);
+    assert!(
+        stats.reverts > 0 && stats.commits > 0,
+        "the run must mix reverts and commits: {stats:?}"
+    );
+    assert_eq!((lost, duplicated, reordered), (0, 0, 0));
+}
+
+/// A committed version that traps is recreated from its checkpoint and
+/// retried; a batch no version can process is handed back whole; after
+/// `failures_max` failures the previous version takes over.
+#[test]
+fn a_committed_version_that_keeps_trapping_is_recovered_then_reverted() {
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let module = runtime.compile(molt_guests::SEQUENCE_ECHO).unwrap();
+    let config = SwapConfig {
+        trial_batches: 2,
+        failures_max: 3,
+        failure_window_batches: 100,
+        checkpoint_interval_batches: 4,
+        ..SwapConfig::default()
+    };
+    let tagged = |tag: &str, extra: &[(&str, &str)]| PolicyVersion {
+        id: tag.to_string(),
+        module: module.clone(),
+        config: std::iter::once(("tag", tag))
+            .chain(extra.iter().copied())
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    };
+    let mut deployment = Deployment::start(tagged("v1", &[]), config).unwrap();
+    deployment
+        .stage(tagged(
+            "v2",
+            &[("trap_when_sequence_mod", "100"), ("trap_when_sequence_rem", "50")],
+        ))
+        .unwrap();
+
+    let mut delivered = Vec::new();
+    let mut handed_back = Vec::new();
+    let mut reverted_at = None;
+    for batch_idx in 0..30u64 {
+        let batch: Vec<Reading> = (batch_idx * 10..batch_idx * 10 + 10)
+            .map(|sequence| Reading {
+                sequence,
+                sensor: 1,
+                timestamp_ms: sequence,
+                value: 0.0,
+            })
+            .collect();
+        let outcome = deployment.process(batch.clone());
+        if outcome
+            .events
+            .iter()
+            .any(|event| matches!(event, SwapEvent::Reverted { .. }))
+        {
+            reverted_at.get_or_insert(batch_idx);
+        }
+        match outcome.unprocessed {
+            Some((returned, failure)) => {
+                assert_eq!(returned, batch, "a handed-back batch must come back whole");
+                assert!(failure.to_string().contains("trap"), "{failure}");
+                handed_back.push(batch_idx);
+            }
+            None => {
+                for action in &outcome.actions {
+                    let Action::Telemetry(telemetry) = action else {
+                        panic!("{action:?}")
+                    };
+                    assert_eq!(telemetry.metric, outcome.served_by);
+                    delivered.push(telemetry.value as u64);
+                }
+            }
+        }
+    }
+    // v2 is committed after batches 1 and 2, traps on 50 and 150 (handed
+    // back after a recovery and a retry each), and on 250 the third failure
+    // brings v1 back, which processes that batch.
+    assert_eq!(handed_back, [5, 15]);
+    assert_eq!(reverted_at, Some(25));
+    assert_eq!(deployment.active_version(), "v1");
+    let expected: Vec<u64> = (0..300)
+        .filter(|sequence| !(50..60).contains(sequence) && !(150..160).contains(sequence))
+        .collect();
+    assert_eq!(delivered, expected, "every other reading delivered once, in order");
+    let stats = deployment.stats();
+    assert_eq!(
+        (stats.swaps, stats.commits, stats.reverts, stats.unprocessed_batches),
+        (1, 1, 1, 2)
+    );
+}
