@@ -52,6 +52,12 @@ pub struct Limits {
     pub output_bytes_max: usize,
     /// Largest snapshot a policy may produce or restore from, in bytes.
     pub state_bytes_max: usize,
+    /// Bytes of linear memory (and of tables) a pool slot keeps resident
+    /// between instances, reset with `memset` instead of being handed back
+    /// to the kernel. A new instance then finds its first pages mapped
+    /// instead of faulting them in: a faster first call, for this much
+    /// resident memory per idle slot. 0 hands everything back.
+    pub pool_keep_resident_bytes: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +79,7 @@ impl Default for Limits {
             actions_per_batch_max: 16_384,
             output_bytes_max: 8 << 20,
             state_bytes_max: 1 << 20,
+            pool_keep_resident_bytes: 1 << 20,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails};
 
 use crate::config::{Allocator, Compiler, Limits, RuntimeConfig};
 use crate::error::Error;
@@ -155,7 +155,12 @@ fn pooling_config(limits: &Limits) -> PoolingAllocationConfig {
         .max_tables_per_module(limits.tables_per_instance_max)
         .total_tables(instances.saturating_mul(limits.tables_per_instance_max))
         .max_memory_size(limits.memory_bytes_max)
-        .table_elements(limits.table_elements_max);
+        .table_elements(limits.table_elements_max)
+        .linear_memory_keep_resident(limits.pool_keep_resident_bytes)
+        .table_keep_resident(limits.pool_keep_resident_bytes)
+        // Resets only the pages a guest dirtied, where the kernel can say
+        // which (Linux 6.7+); elsewhere wasmtime falls back to madvise.
+        .pagemap_scan(Enabled::Auto);
     pool
 }
 
