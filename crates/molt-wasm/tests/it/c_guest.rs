@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::rng::{Rng, env_u64};
 use ipld_core::ipld::Ipld;
 use molt_wasm::{
     Action, CallError, Limits, PolicyError, PolicyInstance, PolicyModule, Reading, Runtime, RuntimeConfig, Severity,
@@ -446,22 +447,8 @@ fn c_and_rust_threshold_read_and_refuse_states_alike() {
     );
 }
 
-/// A small deterministic generator (SplitMix64) so the run replays from its printed seed.
-struct Rng(u64);
-
+/// Test-input shapes on top of the shared generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     fn chance(&mut self, one_in: u64) -> bool {
         self.below(one_in) == 0
     }
@@ -648,7 +635,6 @@ fn exact_decimal(value: f64) -> (Vec<u8>, i32) {
 /// `MOLT_C_GUEST_SEED` replays a run; `MOLT_C_GUEST_VALUES` (default 20000) scales it.
 #[test]
 fn c_and_rust_threshold_write_numbers_alike() {
-    let env_u64 = |name: &str| std::env::var(name).ok().and_then(|text| text.parse::<u64>().ok());
     let seed = env_u64("MOLT_C_GUEST_SEED").unwrap_or(0x6d6f_6c74_2d66_6d74);
     let n_values = env_u64("MOLT_C_GUEST_VALUES").unwrap_or(20_000);
     println!("c-guest numbers: seed={seed} values={n_values} (replay with MOLT_C_GUEST_SEED={seed})");
@@ -695,7 +681,6 @@ fn c_and_rust_threshold_write_numbers_alike() {
 /// `MOLT_C_GUEST_SEED` replays a run; `MOLT_C_GUEST_ROUNDS` (default 500) scales it.
 #[test]
 fn c_and_rust_threshold_agree_on_random_configs_and_readings() {
-    let env_u64 = |name: &str| std::env::var(name).ok().and_then(|text| text.parse::<u64>().ok());
     let seed = env_u64("MOLT_C_GUEST_SEED").unwrap_or(0x6d6f_6c74_2d63_2d67);
     let rounds = env_u64("MOLT_C_GUEST_ROUNDS").unwrap_or(500);
     println!("c-guest: seed={seed} rounds={rounds} (replay with MOLT_C_GUEST_SEED={seed})");

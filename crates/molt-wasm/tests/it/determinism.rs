@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use crate::rng::{Rng, env_u64};
 use molt_wasm::{Action, Allocator, Cid, Compiler, Reading, Runtime, RuntimeConfig, State, WASMTIME_VERSION};
 use sha2::{Digest, Sha256};
 
@@ -395,7 +396,7 @@ struct InputLog {
 
 impl InputLog {
     fn generate(seed: u64, n_batches: usize) -> InputLog {
-        let mut rng = SplitMix64(seed);
+        let mut rng = Rng(seed);
         let mut sequence = 0u64;
         let mut timestamp_ms = 1_700_000_000_000u64;
         let batches = (0..n_batches)
@@ -442,7 +443,7 @@ const SIGN_MASK: u64 = 0x8000_0000_0000_0000;
 /// Mostly ordinary values around the threshold (a quarter of them on a
 /// 0.25 grid, so exact repeats occur), and one in ten a value that stresses
 /// float handling.
-fn reading_value(rng: &mut SplitMix64) -> f64 {
+fn reading_value(rng: &mut Rng) -> f64 {
     let sign = rng.next() & SIGN_MASK;
     match rng.below(100) {
         // Any NaN: quiet or signalling, either sign, any payload.
@@ -461,32 +462,6 @@ fn reading_value(rng: &mut SplitMix64) -> f64 {
         10..=34 => 5.0 + 0.25 * rng.below(200) as f64,
         _ => 5.0 + 50.0 * (rng.next() >> 11) as f64 / (1u64 << 53) as f64,
     }
-}
-
-/// A small deterministic generator, so a run replays from its printed seed.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex_digits) => u64::from_str_radix(hex_digits, 16),
-        None => text.parse(),
-    };
-    Some(parsed.unwrap_or_else(|error| panic!("{name}={text:?} is not a number: {error}")))
 }
 
 fn hex(bytes: &[u8]) -> String {

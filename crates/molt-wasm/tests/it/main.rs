@@ -7,4 +7,5 @@ mod engines;
 mod fixtures;
 mod guests;
 mod precompiled;
+mod rng;
 mod swap;

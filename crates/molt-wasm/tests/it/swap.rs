@@ -9,27 +9,7 @@ use molt_wasm::{
     Action, Deployment, PolicyModule, PolicyVersion, Reading, Runtime, RuntimeConfig, SwapConfig, SwapEvent,
 };
 
-/// A small deterministic generator (SplitMix64) so the run replays from its
-/// printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|text| text.parse().ok())
-}
+use crate::rng::{Rng, env_u64};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
