@@ -1,17 +1,15 @@
 //! Only the modes that end are run natively: the others are for the host, which stops them.
 
-use molt_policy_sdk::{Action, Config, Policy, PolicyError};
+use molt_policy_sdk::{Action, Config, Policy, PolicyError, testing};
 
 use crate::Chaos;
 
 fn policy(pairs: &[(&str, &str)]) -> Result<Chaos, PolicyError> {
-    Chaos::init(&Config::from_pairs(pairs.iter().copied())?)
+    testing::init(pairs)
 }
 
 fn process(chaos: &mut Chaos) -> Result<Vec<Action>, PolicyError> {
-    let mut actions = Vec::new();
-    chaos.process(&[], &mut actions)?;
-    Ok(actions)
+    testing::process(chaos, &[])
 }
 
 #[test]

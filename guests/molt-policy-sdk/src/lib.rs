@@ -92,6 +92,7 @@ mod config;
 mod policy;
 mod sensor_map;
 mod state;
+pub mod testing;
 
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -1,9 +1,9 @@
-use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state};
+use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state, testing};
 
 use crate::SequenceEcho;
 
 fn policy(pairs: &[(&str, &str)]) -> Result<SequenceEcho, PolicyError> {
-    SequenceEcho::init(&Config::from_pairs(pairs.iter().copied())?)
+    testing::init(pairs)
 }
 
 /// Processes readings with the given sequence numbers and renders the actions as `metric=value`, space-separated.
@@ -17,10 +17,10 @@ fn run(policy: &mut SequenceEcho, sequences: &[u64]) -> String {
             value: -1.0,
         })
         .collect();
-    let mut actions = Vec::new();
-    if let Err(error) = policy.process(&batch, &mut actions) {
-        return format!("error: {error:?}");
-    }
+    let actions = match testing::process(policy, &batch) {
+        Ok(actions) => actions,
+        Err(error) => return format!("error: {error:?}"),
+    };
     actions
         .iter()
         .map(|action| match action {

@@ -1,9 +1,9 @@
-use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state};
+use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state, testing};
 
 use crate::Threshold;
 
 fn policy(pairs: &[(&str, &str)]) -> Result<Threshold, PolicyError> {
-    Threshold::init(&Config::from_pairs(pairs.iter().copied())?)
+    testing::init(pairs)
 }
 
 /// Feeds `(sensor, value)` readings one second apart and renders the actions one per line.
@@ -18,10 +18,10 @@ fn run(policy: &mut Threshold, readings: &[(u32, f64)]) -> String {
             value,
         })
         .collect();
-    let mut actions = Vec::new();
-    if let Err(error) = policy.process(&batch, &mut actions) {
-        return format!("error: {error:?}");
-    }
+    let actions = match testing::process(policy, &batch) {
+        Ok(actions) => actions,
+        Err(error) => return format!("error: {error:?}"),
+    };
     actions.iter().map(render).collect::<Vec<_>>().join("\n")
 }
 

@@ -1,0 +1,35 @@
+//! Helpers for testing a policy natively with `cargo test`, the way the
+//! host drives it: configure from key/value pairs, then process batches.
+//!
+//! ```
+//! # use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading};
+//! # #[derive(serde::Serialize, serde::Deserialize)]
+//! # struct Count(u64);
+//! # impl Policy for Count {
+//! #     fn init(_: &Config) -> Result<Self, PolicyError> { Ok(Count(0)) }
+//! #     fn process(&mut self, batch: &[Reading], _: &mut Vec<Action>) -> Result<(), PolicyError> {
+//! #         self.0 += batch.len() as u64;
+//! #         Ok(())
+//! #     }
+//! # }
+//! use molt_policy_sdk::testing;
+//!
+//! let mut count: Count = testing::init(&[("window", "4")])?;
+//! let actions = testing::process(&mut count, &[Reading { sequence: 0, sensor: 1, timestamp_ms: 0, value: 1.0 }])?;
+//! assert!(actions.is_empty());
+//! # Ok::<(), PolicyError>(())
+//! ```
+
+use crate::{Action, Config, Policy, PolicyError, Reading};
+
+/// Starts `P` from `pairs`, exactly as the host's `init` would.
+pub fn init<P: Policy>(pairs: &[(&str, &str)]) -> Result<P, PolicyError> {
+    P::init(&Config::from_pairs(pairs.iter().copied())?)
+}
+
+/// Processes one batch and returns the actions it produced.
+pub fn process<P: Policy>(policy: &mut P, batch: &[Reading]) -> Result<Vec<Action>, PolicyError> {
+    let mut actions = Vec::new();
+    policy.process(batch, &mut actions)?;
+    Ok(actions)
+}
