@@ -11,7 +11,7 @@
 //! | [`MOVING_AVERAGE`] | `guests/moving-average` | mean of the last `window` values, every `every` readings, per sensor |
 //! | [`DEADBAND`] | `guests/deadband` | publish a value only when it moved by more than `deadband` |
 //! | [`SEQUENCE_ECHO`] | `guests/sequence-echo` | one telemetry per reading with `value = sequence` and `metric = tag`; traps or fails on chosen sequence numbers |
-//! | [`CHAOS`] | `guests/chaos` | `mode` = `loop`, `grow`, `recurse`, `trap`, `huge-output` or `ok`, `at` = `process`, `init` or `restore` |
+//! | [`CHAOS`] | `guests/chaos` | `mode` = `loop`, `grow`, `recurse`, `trap`, `huge-output`, `nan` or `ok`; `at` = `process`, `init` or `restore`; `batch_over` = misbehave only on batches longer than this |
 //! | [`THRESHOLD_C`] | `guests-c/threshold` | [`THRESHOLD`] in C: the same config, actions and snapshot bytes |
 //!
 //! Each guest's configuration keys are documented in its `src/lib.rs` (a C guest's: at the top of its `.c` file).

@@ -74,10 +74,10 @@ impl ModuleCache {
         let lookup = match read_bounded(&path, HEADER_BYTES + limit_bytes) {
             Ok(Some(entry)) => match self.verified_bytes(&key, &entry) {
                 Some(bytes) => {
-                    let trusted_sha256 = Sha256::digest(bytes).into();
                     // The MAC proves this device wrote these bytes for this
-                    // key, so their digest is one we trust.
-                    match runtime.load_precompiled(&key, bytes, trusted_sha256) {
+                    // key, which is what a trusted digest would prove: no
+                    // second pass to hash them.
+                    match runtime.load_authenticated(&key, bytes) {
                         Ok(module) => return Ok((module, CacheLookup::Hit)),
                         Err(_) => CacheLookup::Rejected,
                     }
@@ -94,7 +94,8 @@ impl ModuleCache {
 
         let precompiled = runtime.precompile(wasm)?;
         self.store(&path, &precompiled.key, &precompiled.bytes)?;
-        let module = runtime.load_precompiled(&precompiled.key, &precompiled.bytes, precompiled.sha256)?;
+        // This engine made the bytes a moment ago, in this process.
+        let module = runtime.load_authenticated(&precompiled.key, &precompiled.bytes)?;
         Ok((module, lookup))
     }
 

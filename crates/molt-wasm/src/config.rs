@@ -11,7 +11,8 @@
 pub struct Limits {
     /// Fuel given to each call into the guest (roughly one unit per wasm
     /// operator). Running out is a deterministic failure: the same module and
-    /// input always stop at the same point.
+    /// input always stop at the same point, with Cranelift or Pulley
+    /// ([`Compiler::Winch`] counts fuel a little differently).
     pub fuel_per_batch: u64,
     /// Largest linear memory one policy instance may grow to, in bytes.
     pub memory_bytes_max: usize,
@@ -106,6 +107,19 @@ pub enum Compiler {
     /// Bytecode for Pulley, wasmtime's portable interpreter: slower, but the
     /// same on every host.
     Pulley,
+    /// Native code from Winch, wasmtime's baseline compiler: one pass per
+    /// function, so it compiles several times faster than Cranelift and the
+    /// code it makes runs slower. For swaps from `.wasm` that must start
+    /// serving soon. x86_64 and aarch64 hosts only; elsewhere
+    /// [`Runtime::new`](crate::Runtime::new) refuses it.
+    ///
+    /// With NaN canonicalisation its actions and state are Cranelift's, bit
+    /// for bit. Its fuel metering is its own, though: it charges slightly
+    /// different amounts for the same code (in molt's engines test about
+    /// 2 % less than Cranelift), so a call that ends close to
+    /// [`Limits::fuel_per_batch`] may run out on one compiler and not on the
+    /// other. Running out is still deterministic for each compiler.
+    Winch,
 }
 
 /// Everything that decides how a [`Runtime`](crate::Runtime) is built.

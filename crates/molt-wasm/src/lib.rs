@@ -15,7 +15,8 @@
 //! - A [`Runtime`] is one wasmtime engine configured from a
 //!   [`RuntimeConfig`]: the [`Limits`], deterministic mode (on by default),
 //!   the [`Allocator`] (a pre-sized pool by default) and the [`Compiler`]
-//!   (Cranelift, or the Pulley interpreter). A background thread advances
+//!   (Cranelift, the Pulley interpreter, or the Winch baseline compiler for
+//!   fast compiles). A background thread advances
 //!   the engine's epoch for the wall-clock backstop.
 //! - A [`PolicyModule`] is a policy compiled ([`Runtime::compile`]) or
 //!   loaded from precompiled code ([`Runtime::load_precompiled`]), checked
@@ -52,6 +53,9 @@
 //! Loading precompiled code runs it as native code without validation, so
 //! [`Runtime::load_precompiled`] refuses bytes unless their [`CacheKey`]
 //! is this engine's and they hash to a digest the caller trusts.
+//! [`Runtime::verify_precompiled`] makes that check once, where the bytes
+//! enter, and [`Runtime::load_verified`] then loads them without hashing
+//! them again.
 //! [`ModuleCache`] keeps precompiled modules on disk under an HMAC with a
 //! device-local secret and recompiles any entry that fails it.
 //!
@@ -165,7 +169,7 @@ pub use crate::contract::{Action, Alert, Command, Level, LogLine, PolicyError, R
 pub use crate::error::{CallError, Error, GuestBacktrace, GuestFrame, SourceLocation, TrapCode};
 pub use crate::instance::PolicyInstance;
 pub use crate::module::PolicyModule;
-pub use crate::precompiled::{CacheKey, Precompiled, WASMTIME_VERSION};
+pub use crate::precompiled::{CacheKey, Precompiled, VerifiedPrecompiled, WASMTIME_VERSION};
 pub use crate::runtime::Runtime;
 pub use crate::state::{DAG_CBOR_CODEC, SHA2_256_CODE, State, StateError};
 pub use crate::swap::{

@@ -5,7 +5,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy, WasmBacktraceDetails,
+};
 
 use crate::config::{Allocator, Compiler, Limits, RuntimeConfig};
 use crate::error::Error;
@@ -124,6 +126,11 @@ fn engine_config(runtime_config: &RuntimeConfig) -> Result<Config, Error> {
 
     match runtime_config.compiler {
         Compiler::Cranelift => {}
+        Compiler::Winch => {
+            // wasmtime's own check refuses hosts Winch has no backend for,
+            // when the engine is built.
+            config.strategy(Strategy::Winch);
+        }
         Compiler::Pulley => {
             config.target(pulley_target()).map_err(|error| Error::Config {
                 reason: format!("pulley target {}: {error:#}", pulley_target()),
@@ -178,6 +185,8 @@ pub(crate) fn pulley_target() -> &'static str {
 pub(crate) fn target_name(compiler: Compiler) -> String {
     match compiler {
         Compiler::Pulley => pulley_target().to_owned(),
-        Compiler::Cranelift => format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        // Winch's code is native code for the same target; the engine
+        // digest of the key (which covers the compiler) tells them apart.
+        Compiler::Cranelift | Compiler::Winch => format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
     }
 }

@@ -8,10 +8,15 @@
 //!   - `recurse`: recurses without bound, on the wasm call stack (the host's stack limit must stop it);
 //!   - `trap`: panics, which is a wasm trap;
 //!   - `huge-output`: returns `count` log lines from `process` (the host's output limits must stop it);
+//!   - `nan`: behaves, but computes NaNs from each batch's readings and keeps their bits in its state (see below), for the host's NaN-canonicalisation test;
 //! - `at` (`process`, `init` or `restore`; default `process`): when to misbehave: on every `process` call, in `init`, or in `restore` after the state was decoded;
-//! - `count` (integer, default 10000000): how many log lines `huge-output` returns.
+//! - `count` (integer, default 10000000): how many log lines `huge-output` returns;
+//! - `batch_over` (integer, optional): misbehave in `process` only on a batch of more than this many readings, a policy that fails under load.
 //!
-//! The state is the number of batches processed.
+//! The state is the number of batches processed and, in `nan` mode, `float_bits`: for each reading of the last batch, the bits of `value / value`, `value.sqrt()`, `value + 0.0` and `value * inf`.
+//! For a reading of 0, -1, ±inf or NaN some of those are NaNs the engine makes, whose sign and payload depend on the hardware (x86_64's default NaN, `0xfff8…`, is negative; a NaN operand's payload is kept) unless the host canonicalises NaNs.
+//! DAG-CBOR cannot hold a NaN, so the state keeps bits, not floats, and only the last batch's, so that it stays bounded by the batch size.
+//! Every state field has a default, so `restore` also accepts another policy's snapshot, as a new version of that policy would.
 
 use molt_policy_sdk::{Action, Config, Level, LogLine, Policy, PolicyError, Reading, config_error};
 use serde::{Deserialize, Serialize};
@@ -20,7 +25,11 @@ use serde::{Deserialize, Serialize};
 struct Chaos {
     #[serde(skip)]
     settings: Settings,
+    #[serde(default)]
     n_batches: u64,
+    /// `nan` mode only: the bits the last batch's float operations gave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    float_bits: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -32,6 +41,7 @@ enum Mode {
     Recurse,
     Trap,
     HugeOutput,
+    Nan,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -47,11 +57,12 @@ struct Settings {
     mode: Mode,
     at: At,
     count: u64,
+    batch_over: Option<u64>,
 }
 
 impl Settings {
     fn from_config(config: &Config) -> Result<Self, PolicyError> {
-        config.check_keys(&["mode", "at", "count"])?;
+        config.check_keys(&["mode", "at", "count", "batch_over"])?;
         let mode = match config.require_str("mode")? {
             "ok" => Mode::Ok,
             "loop" => Mode::Loop,
@@ -59,10 +70,13 @@ impl Settings {
             "recurse" => Mode::Recurse,
             "trap" => Mode::Trap,
             "huge-output" => Mode::HugeOutput,
+            "nan" => Mode::Nan,
             other => {
                 return Err(config_error(
                     "mode",
-                    format_args!("expected `ok`, `loop`, `grow`, `recurse`, `trap` or `huge-output`, got `{other}`"),
+                    format_args!(
+                        "expected `ok`, `loop`, `grow`, `recurse`, `trap`, `huge-output` or `nan`, got `{other}`"
+                    ),
                 ));
             }
         };
@@ -84,6 +98,7 @@ impl Settings {
             mode,
             at,
             count: config.get_u64("count")?.unwrap_or(10_000_000),
+            batch_over: config.get_u64("batch_over")?,
         })
     }
 
@@ -93,7 +108,8 @@ impl Settings {
             return;
         }
         match self.mode {
-            Mode::Ok => {}
+            // `nan` changes the state, which `Chaos::process` does.
+            Mode::Ok | Mode::Nan => {}
             Mode::Loop => spin(),
             Mode::Grow => grow(),
             Mode::Recurse => {
@@ -141,15 +157,41 @@ fn recurse(depth: u64, limit: u64) -> u64 {
     recurse(depth + 1, limit) ^ mixed ^ rotated
 }
 
+/// The bits of float operations that make NaNs from 0, negative numbers, infinities and NaNs.
+/// The operands are readings, unknown when the guest is compiled, so each is an instruction the engine runs, not a constant the compiler folded.
+#[allow(clippy::eq_op, reason = "`value / value` is how 0 and infinities make a NaN")]
+fn float_bits(value: f64) -> [u64; 4] {
+    [
+        (value / value).to_bits(),
+        value.sqrt().to_bits(),
+        // Kept by the compiler, since `-0.0 + 0.0` is `+0.0`; a NaN operand comes back with whatever payload the engine keeps.
+        (value + 0.0).to_bits(),
+        (value * f64::INFINITY).to_bits(),
+    ]
+}
+
 impl Policy for Chaos {
     fn init(config: &Config) -> Result<Self, PolicyError> {
         let settings = Settings::from_config(config)?;
         settings.misbehave(At::Init, &mut Vec::new());
-        Ok(Chaos { settings, n_batches: 0 })
+        Ok(Chaos {
+            settings,
+            n_batches: 0,
+            float_bits: Vec::new(),
+        })
     }
 
-    fn process(&mut self, _batch: &[Reading], actions: &mut Vec<Action>) -> Result<(), PolicyError> {
-        self.settings.misbehave(At::Process, actions);
+    fn process(&mut self, batch: &[Reading], actions: &mut Vec<Action>) -> Result<(), PolicyError> {
+        let loaded = self
+            .settings
+            .batch_over
+            .is_none_or(|batch_over| batch.len() as u64 > batch_over);
+        if loaded {
+            self.settings.misbehave(At::Process, actions);
+        }
+        if self.settings.mode == Mode::Nan {
+            self.float_bits = batch.iter().flat_map(|reading| float_bits(reading.value)).collect();
+        }
         self.n_batches += 1;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Deterministic, content-addressed state: the same policy and input log
 //! give the same state CID and the same actions across two runs, with the
-//! pooling and the on-demand allocator, with Cranelift and with Pulley, and
-//! when replayed from an intermediate snapshot plus the rest of the log.
+//! pooling and the on-demand allocator, with Cranelift, Pulley and Winch,
+//! and when replayed from an intermediate snapshot plus the rest of the log.
 //!
 //! The log is generated from a seed (SplitMix64) and mixes ordinary values
 //! with NaNs of every sign and payload, infinities, both zeros, subnormals
@@ -101,6 +101,16 @@ const PULLEY_ON_DEMAND: Setup = Setup {
     allocator: Allocator::OnDemand,
     compiler: Compiler::Pulley,
 };
+const WINCH_POOLING: Setup = Setup {
+    label: "winch-pooling",
+    allocator: Allocator::Pooling,
+    compiler: Compiler::Winch,
+};
+const WINCH_ON_DEMAND: Setup = Setup {
+    label: "winch-ondemand",
+    allocator: Allocator::OnDemand,
+    compiler: Compiler::Winch,
+};
 
 /// One run compared against the reference. Every run builds its own
 /// runtime and compiles the policy afresh.
@@ -113,7 +123,7 @@ struct Run {
 }
 
 /// The first run is the reference the others are compared with.
-const RUNS: [Run; 7] = [
+const RUNS: [Run; 10] = [
     Run {
         label: "cranelift-pooling",
         setup: CRANELIFT_POOLING,
@@ -140,6 +150,16 @@ const RUNS: [Run; 7] = [
         from_snapshot: false,
     },
     Run {
+        label: "winch-pooling",
+        setup: WINCH_POOLING,
+        from_snapshot: false,
+    },
+    Run {
+        label: "winch-ondemand",
+        setup: WINCH_ON_DEMAND,
+        from_snapshot: false,
+    },
+    Run {
         label: "replay-from-snapshot",
         setup: CRANELIFT_POOLING,
         from_snapshot: true,
@@ -149,6 +169,12 @@ const RUNS: [Run; 7] = [
     Run {
         label: "replay-from-snapshot-on-pulley",
         setup: PULLEY_ON_DEMAND,
+        from_snapshot: true,
+    },
+    // And resumed under the baseline compiler, as after a swap from `.wasm`.
+    Run {
+        label: "replay-from-snapshot-on-winch",
+        setup: WINCH_POOLING,
         from_snapshot: true,
     },
 ];
@@ -471,4 +497,168 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(out, "{byte:02x}");
             out
         })
+}
+
+/// The one NaN deterministic mode lets a guest see: positive, quiet, no
+/// payload (wasm's canonical NaN).
+const CANONICAL_NAN_BITS: u64 = 0x7ff8_0000_0000_0000;
+
+/// Readings from which the chaos guest's `nan` mode computes NaNs: 0
+/// (`0 / 0`, `0 * inf`), -1 (`sqrt`), both infinities, and NaNs of either
+/// sign with a payload, which hardware carries through an operation. 4 is
+/// there so that ordinary results are compared too.
+const NAN_MAKING_VALUES: [f64; 7] = [
+    0.0,
+    -1.0,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    f64::from_bits(0x7ff8_0000_0000_0001),
+    f64::from_bits(0xfff8_0000_0000_0002),
+    4.0,
+];
+
+/// The operations of the chaos guest's `nan` mode, natively: which results
+/// are NaNs, and the exact bits of those that are not.
+#[allow(clippy::eq_op, reason = "`value / value` is how 0 and infinities make a NaN")]
+fn float_ops(value: f64) -> [f64; 4] {
+    [value / value, value.sqrt(), value + 0.0, value * f64::INFINITY]
+}
+
+/// What the chaos guest's `nan` mode computed, and the state's CID.
+struct NanRun {
+    float_bits: Vec<u64>,
+    cid: Cid,
+}
+
+fn nan_run(compiler: Compiler, deterministic: bool) -> NanRun {
+    let what = format!("chaos nan on {compiler:?}, deterministic={deterministic}");
+    let mut runtime_config = RuntimeConfig::default();
+    runtime_config.compiler = compiler;
+    runtime_config.deterministic = deterministic;
+    runtime_config.limits.batch_deadline_ms = 60_000;
+    let runtime = Runtime::new(&runtime_config).unwrap_or_else(|error| panic!("{what}: runtime: {error}"));
+    let module = runtime
+        .compile(molt_guests::CHAOS)
+        .unwrap_or_else(|error| panic!("{what}: compile: {error}"));
+    let mut policy = module.instantiate().unwrap();
+    policy.init(&[("mode".into(), "nan".into())]).unwrap();
+    let batch: Vec<Reading> = NAN_MAKING_VALUES
+        .iter()
+        .enumerate()
+        .map(|(reading_idx, &value)| Reading {
+            sequence: reading_idx as u64,
+            sensor: 1,
+            timestamp_ms: 1_700_000_000_000 + reading_idx as u64,
+            value,
+        })
+        .collect();
+    let actions = policy
+        .process(&batch)
+        .unwrap_or_else(|error| panic!("{what}: process: {error}"));
+    assert!(actions.is_empty(), "{what}: {actions:?}");
+    let state = policy.snapshot().unwrap();
+    let decoded: ipld_core::ipld::Ipld = serde_ipld_dagcbor::from_slice(state.bytes()).unwrap();
+    let ipld_core::ipld::Ipld::Map(fields) = decoded else {
+        panic!("{what}: the state is not a map: {decoded:?}");
+    };
+    let Some(ipld_core::ipld::Ipld::List(bits)) = fields.get("float_bits") else {
+        panic!("{what}: the state has no float_bits list: {fields:?}");
+    };
+    let float_bits = bits
+        .iter()
+        .map(|bits| match bits {
+            ipld_core::ipld::Ipld::Integer(bits) => u64::try_from(*bits).unwrap(),
+            other => panic!("{what}: float_bits holds {other:?}"),
+        })
+        .collect();
+    NanRun {
+        float_bits,
+        cid: state.cid(),
+    }
+}
+
+/// Deterministic mode makes every NaN a guest computes the canonical NaN,
+/// so the state is the same on every compiler and host; without it the
+/// same guest keeps the hardware's NaNs. Both halves are asserted: the
+/// second proves the first is canonicalisation at work and not a guest
+/// that never sees a NaN (the example policies drop non-finite readings).
+#[test]
+fn nan_canonicalisation_decides_the_state_of_a_guest_that_computes_nans() {
+    let expected: Vec<f64> = NAN_MAKING_VALUES.iter().flat_map(|&value| float_ops(value)).collect();
+    let n_nans = expected.iter().filter(|value| value.is_nan()).count();
+    assert!(n_nans >= 10, "the readings make {n_nans} NaNs");
+
+    let mut cids = Vec::new();
+    for compiler in [Compiler::Cranelift, Compiler::Pulley, Compiler::Winch] {
+        let deterministic = nan_run(compiler, true);
+        let hardware = nan_run(compiler, false);
+        eprintln!(
+            "nan-canonicalisation: wasmtime={WASMTIME_VERSION} compiler={compiler:?} deterministic_cid={} \
+             nondeterministic_cid={} nondeterministic_nans={}",
+            deterministic.cid,
+            hardware.cid,
+            distinct_nans(&hardware.float_bits),
+        );
+        for run in [&deterministic, &hardware] {
+            assert_eq!(run.float_bits.len(), expected.len(), "{compiler:?}");
+            for (bits, expected) in run.float_bits.iter().zip(&expected) {
+                if expected.is_nan() {
+                    assert!(
+                        f64::from_bits(*bits).is_nan(),
+                        "{compiler:?}: {bits:#018x} for {expected:?}"
+                    );
+                } else {
+                    assert_eq!(*bits, expected.to_bits(), "{compiler:?}: an ordinary result differs");
+                }
+            }
+        }
+        let non_canonical = |run: &NanRun| {
+            run.float_bits
+                .iter()
+                .filter(|bits| f64::from_bits(**bits).is_nan() && **bits != CANONICAL_NAN_BITS)
+                .count()
+        };
+        assert_eq!(
+            non_canonical(&deterministic),
+            0,
+            "{compiler:?}: deterministic mode let a non-canonical NaN through: {}",
+            distinct_nans(&deterministic.float_bits)
+        );
+        // The NaN operands' payloads survive an add on any hardware that
+        // does not flush NaNs to a default one.
+        assert!(
+            non_canonical(&hardware) > 0,
+            "{compiler:?}: without canonicalisation every NaN was still canonical, so this test would not notice \
+             canonicalisation missing"
+        );
+        // x86_64's default NaN, which `0 / 0` and `sqrt(-1)` make, is negative.
+        if cfg!(target_arch = "x86_64") {
+            assert!(
+                hardware.float_bits.contains(&0xfff8_0000_0000_0000),
+                "{compiler:?}: no x86_64 default NaN without canonicalisation: {}",
+                distinct_nans(&hardware.float_bits)
+            );
+        }
+        assert_ne!(deterministic.cid, hardware.cid, "{compiler:?}");
+        cids.push((compiler, deterministic.cid));
+    }
+    let (reference_compiler, reference_cid) = cids[0];
+    for (compiler, cid) in &cids[1..] {
+        assert_eq!(cid, &reference_cid, "{compiler:?} and {reference_compiler:?} disagree");
+    }
+}
+
+/// The distinct NaN bit patterns among `float_bits`, for messages.
+fn distinct_nans(float_bits: &[u64]) -> String {
+    let mut nans: Vec<u64> = float_bits
+        .iter()
+        .copied()
+        .filter(|bits| f64::from_bits(*bits).is_nan())
+        .collect();
+    nans.sort_unstable();
+    nans.dedup();
+    nans.iter()
+        .map(|bits| format!("{bits:#018x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

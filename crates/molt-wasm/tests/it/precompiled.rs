@@ -43,6 +43,14 @@ fn cache_key_is_stable_and_covers_the_engine_configuration() {
     assert_ne!(pulley_key.target, key.target);
     assert_ne!(pulley_key.engine_sha256, key.engine_sha256);
 
+    // Winch makes native code for the same target; the engine digest is
+    // what keeps its code and Cranelift's apart.
+    let mut winch = RuntimeConfig::default();
+    winch.compiler = Compiler::Winch;
+    let winch_key = Runtime::new(&winch).unwrap().cache_key(wasm_sha256);
+    assert_eq!(winch_key.target, key.target);
+    assert_ne!(winch_key.engine_sha256, key.engine_sha256);
+
     let mut nondeterministic = RuntimeConfig::default();
     nondeterministic.deterministic = false;
     let nondeterministic_key = Runtime::new(&nondeterministic).unwrap().cache_key(wasm_sha256);
@@ -111,6 +119,79 @@ fn oversized_precompiled_bytes_are_refused() {
         .unwrap_err();
     assert!(matches!(refused, Error::PrecompiledTooLarge { limit_bytes: 1_000, .. }));
     assert!(refused.to_string().contains("precompiled_bytes_max=1000"), "{refused}");
+}
+
+#[test]
+fn verified_precompiled_code_loads_again_and_again() {
+    let runtime = runtime();
+    let precompiled = runtime.precompile(&echo()).unwrap();
+    let verified = runtime
+        .verify_precompiled(&precompiled.key, precompiled.bytes.clone(), precompiled.sha256)
+        .unwrap();
+    assert_eq!(verified.bytes(), &precompiled.bytes[..]);
+    assert_eq!(verified.sha256(), precompiled.sha256);
+    for _ in 0..3 {
+        serves(&runtime.load_verified(&verified).unwrap());
+    }
+    // Another runtime of the same configuration has the same key.
+    let same_configuration = Runtime::new(&RuntimeConfig::default()).unwrap();
+    serves(&same_configuration.load_verified(&verified).unwrap());
+}
+
+/// `verify_precompiled` refuses what `load_precompiled` refuses, and code
+/// verified for one runtime never loads on a runtime with another key or a
+/// smaller size limit.
+#[test]
+fn verification_is_the_same_check_and_binds_to_the_key() {
+    let runtime = runtime();
+    let precompiled = runtime.precompile(&echo()).unwrap();
+    let mut tampered = precompiled.bytes.clone();
+    tampered[precompiled.bytes.len() / 2] ^= 0x40;
+    let refused = runtime
+        .verify_precompiled(&precompiled.key, tampered, precompiled.sha256)
+        .unwrap_err();
+    assert!(matches!(refused, Error::PrecompiledDigestMismatch), "{refused:?}");
+
+    let mut other_engine = precompiled.key.clone();
+    other_engine.engine_sha256[0] ^= 1;
+    let refused = runtime
+        .verify_precompiled(&other_engine, precompiled.bytes.clone(), precompiled.sha256)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            Error::CacheKeyMismatch {
+                field: "engine_sha256",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    let verified = runtime
+        .verify_precompiled(&precompiled.key, precompiled.bytes.clone(), precompiled.sha256)
+        .unwrap();
+    let mut winch = RuntimeConfig::default();
+    winch.compiler = Compiler::Winch;
+    let refused = Runtime::new(&winch).unwrap().load_verified(&verified).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            Error::CacheKeyMismatch {
+                field: "engine_sha256",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    let mut small = RuntimeConfig::default();
+    small.limits.precompiled_bytes_max = 1_000;
+    let refused = Runtime::new(&small).unwrap().load_verified(&verified).unwrap_err();
+    assert!(
+        matches!(refused, Error::PrecompiledTooLarge { limit_bytes: 1_000, .. }),
+        "{refused:?}"
+    );
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -232,3 +232,81 @@ fn a_committed_version_that_keeps_trapping_is_recovered_then_reverted() {
         (1, 1, 1, 2)
     );
 }
+
+/// A swap from `.wasm` can take over with Winch-compiled code, which is
+/// ready sooner, and swap again to the Cranelift build of the same policy
+/// once that is compiled (a tier-up). Across both swaps the actions and the
+/// final state are exactly those of one Cranelift instance that processed
+/// every batch itself.
+#[test]
+fn a_winch_version_tiers_up_to_cranelift_without_changing_a_result() {
+    let cranelift = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let mut winch_config = RuntimeConfig::default();
+    winch_config.compiler = molt_wasm::Compiler::Winch;
+    let winch = Runtime::new(&winch_config).unwrap();
+    let config: Vec<(String, String)> = vec![("threshold".into(), "30".into()), ("hysteresis".into(), "2".into())];
+    let version = |id: &str, module: PolicyModule| PolicyVersion {
+        id: id.into(),
+        module,
+        config: config.clone(),
+    };
+    let batches: Vec<Vec<Reading>> = (0..24u64)
+        .map(|batch_idx| {
+            (0..64u64)
+                .map(|reading_idx| {
+                    let sequence = batch_idx * 64 + reading_idx;
+                    Reading {
+                        sequence,
+                        sensor: (sequence % 4) as u32,
+                        timestamp_ms: 1_700_000_000_000 + sequence,
+                        value: 20.0 + 12.0 * (sequence as f64 * 0.05).sin(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+
+    let cranelift_module = cranelift.compile(molt_guests::THRESHOLD).unwrap();
+    let mut reference = cranelift_module.instantiate().unwrap();
+    reference.init(&config).unwrap();
+    let mut reference_actions = Vec::new();
+    for batch in &batches {
+        reference_actions.extend(reference.process(batch).unwrap());
+    }
+    assert!(!reference_actions.is_empty(), "the readings cross the threshold");
+
+    let swap_config = SwapConfig {
+        trial_batches: 2,
+        ..SwapConfig::default()
+    };
+    let mut deployment = Deployment::start(version("v1", cranelift_module.clone()), swap_config).unwrap();
+    let mut actions = Vec::new();
+    let mut served_by = Vec::new();
+    for (batch_idx, batch) in batches.iter().enumerate() {
+        match batch_idx {
+            8 => deployment
+                .stage(version("v2-winch", winch.compile(molt_guests::THRESHOLD).unwrap()))
+                .unwrap(),
+            16 => deployment
+                .stage(version("v2", cranelift.compile(molt_guests::THRESHOLD).unwrap()))
+                .unwrap(),
+            _ => {}
+        }
+        let outcome = deployment.process(batch.clone());
+        assert!(
+            outcome.unprocessed.is_none() && outcome.policy_error.is_none(),
+            "{outcome:?}"
+        );
+        served_by.push(outcome.served_by);
+        actions.extend(outcome.actions);
+    }
+    assert_eq!(served_by[8], "v2-winch");
+    assert_eq!(served_by[16], "v2");
+    assert_eq!(deployment.stats().swaps, 2);
+    assert_eq!(deployment.stats().reverts, 0);
+    assert_eq!(actions, reference_actions);
+    assert_eq!(
+        deployment.snapshot().unwrap().cid(),
+        reference.snapshot().unwrap().cid()
+    );
+}
