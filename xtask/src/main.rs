@@ -6,12 +6,15 @@
 //! cargo xtask check       format, clippy, docs, no_std build, fuzz compile check
 //! cargo xtask ci          `test`, then `check`: what .ci/run does
 //! cargo xtask deps        install the Debian packages the build needs (clang, lld) if missing
+//! cargo xtask bench       run every benchmark and rewrite docs/benchmarks.md
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -27,6 +30,10 @@ Tasks:
               wasm32), docs with warnings denied, the no_std build of molt-core for
               thumbv7em-none-eabihf, and a compile check of the fuzz targets.
   ci          test, then check: what .ci/run does.
+  bench       Run the benchmarks of molt-core, molt-wasm and molt-release (criterion,
+              release builds; about 15 minutes on 2 cores) and rewrite docs/benchmarks.md
+              with the machine, each figure's value and target, and molt's ratio to plain
+              wasmtime measured in the same run. --quick: criterion's quick mode.
   deps        Install the Debian packages the build needs beyond rustup's toolchain,
               if any is missing: clang and lld, which compile the C guest policies
               in guests-c/ to WebAssembly. Runs apt-get (with sudo when not root).
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Some("test") => deps().and_then(|()| test()),
         Some("ci") => deps().and_then(|()| test()).and_then(|()| check()),
         Some("deps") => deps(),
+        Some("bench") => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             return ExitCode::SUCCESS;
