@@ -231,6 +231,19 @@ pub(crate) struct PolicySummary {
     pub(crate) config: BTreeMap<String, String>,
 }
 
+impl PolicySummary {
+    /// One line of human output.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "  policy {:<16} {:<10} {:>10}  sha256 {}\n",
+            self.name,
+            self.version,
+            human_bytes(self.length),
+            self.sha256
+        )
+    }
+}
+
 impl ReleaseSummary {
     pub(crate) fn new(set: &ReleaseSet) -> ReleaseSummary {
         ReleaseSummary {
@@ -278,13 +291,7 @@ impl ReleaseSummary {
             ));
         }
         for policy in &self.policies {
-            text.push_str(&format!(
-                "  policy {:<16} {:<10} {:>10}  sha256 {}\n",
-                policy.name,
-                policy.version,
-                human_bytes(policy.length),
-                policy.sha256
-            ));
+            text.push_str(&policy.line());
         }
         text
     }

@@ -344,13 +344,7 @@ impl Report for VerifyReport {
             ));
         }
         for policy in &install.policies {
-            text.push_str(&format!(
-                "  policy {:<16} {:<10} {:>10}  sha256 {}\n",
-                policy.name,
-                policy.version,
-                human_bytes(policy.length),
-                policy.sha256
-            ));
+            text.push_str(&policy.line());
         }
         text.push_str(&format!(
             "all {} parts downloaded and matched their signed length and sha256; nothing was installed\n",

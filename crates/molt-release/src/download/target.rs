@@ -471,8 +471,8 @@ fn verify_and_commit(name: &str, part: &Path, dest: &Path, expected: &Expected) 
     if actual != expected.sha256 {
         return Err(discard(DownloadError::DigestMismatch {
             name: name.to_owned(),
-            expected: hex(&expected.sha256),
-            actual: hex(&actual),
+            expected: hex::encode(expected.sha256),
+            actual: hex::encode(actual),
         }));
     }
     file.sync_all().map_err(io("fsync", part))?;
@@ -485,14 +485,4 @@ fn verify_and_commit(name: &str, part: &Path, dest: &Path, expected: &Expected) 
     std::fs::File::open(dir)
         .and_then(|dir_file| dir_file.sync_all())
         .map_err(io("fsync directory", dir))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
 }
