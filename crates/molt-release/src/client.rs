@@ -1018,7 +1018,10 @@ impl Client {
     ) -> Result<Fetched, UpdateError> {
         let result = self.fetch_all(verified, dir, progress, cancel).await;
         if result.is_err() {
-            self.discard()?;
+            // The fetch's own error is the one to report. A scratch copy
+            // that could not be removed is harmless: the trusted metadata is
+            // untouched, and the next `check` removes it first.
+            let _ = self.discard();
         }
         result
     }
