@@ -66,6 +66,7 @@ pub fn install_agent<B: Backend>(
     booted: Option<BootDecision>,
     agent: &FetchedAgent,
     manifest: &Manifest,
+    health: &Health,
 ) -> Result<AgentInstall, DeviceError> {
     let record = *engine.record();
     let holds_image =
@@ -95,7 +96,7 @@ pub fn install_agent<B: Backend>(
             engine.boot()?
         }
     };
-    let committed = commit_trial(engine, &decision, Some(manifest.sha256))?;
+    let committed = commit_trial(engine, &decision, Some(manifest.sha256), health)?;
     Ok(AgentInstall {
         trial_boot: Some(decision),
         committed,
@@ -106,7 +107,10 @@ pub fn install_agent<B: Backend>(
 /// Boots the slots as a device does at power-on; a trial that boots is
 /// health-checked and committed. Returns the decision (`None` before the
 /// first agent install: nothing to boot) and the image committed, if any.
-pub fn boot<B: Backend>(engine: &mut Engine<B>) -> Result<(Option<BootDecision>, Option<ImageInfo>), DeviceError> {
+pub fn boot<B: Backend>(
+    engine: &mut Engine<B>,
+    health: &Health,
+) -> Result<(Option<BootDecision>, Option<ImageInfo>), DeviceError> {
     let record = *engine.record();
     if record.active.is_none() && record.trial.is_none() {
         return Ok((None, None));
@@ -115,9 +119,14 @@ pub fn boot<B: Backend>(engine: &mut Engine<B>) -> Result<(Option<BootDecision>,
     if decision.reason != BootReason::Trial {
         return Ok((Some(decision), None));
     }
-    let committed = commit_trial(engine, &decision, None)?;
+    let committed = commit_trial(engine, &decision, None, health)?;
     Ok((Some(decision), Some(committed)))
 }
+
+/// The running agent's health as it judged it before committing a trial:
+/// `Err` says what is wrong. [`Device`](crate::Device) probes every policy
+/// it serves; a tool that only moves slots passes `Ok(())`.
+pub type Health = Result<(), String>;
 
 /// The health check of a booted trial, then commit; a failed check rolls
 /// the trial back.
@@ -125,15 +134,17 @@ fn commit_trial<B: Backend>(
     engine: &mut Engine<B>,
     decision: &BootDecision,
     expected_sha256: Option<[u8; 32]>,
+    health: &Health,
 ) -> Result<ImageInfo, DeviceError> {
     let failure = if decision.reason != BootReason::Trial {
         Some(format!("the boot went to the committed slot ({:?})", decision.reason))
     } else if expected_sha256.is_some_and(|sha256| sha256 != decision.image.sha256) {
         Some("the booted image is not the one the release set names".to_owned())
+    } else if let Err(reason) = health {
+        Some(reason.clone())
     } else {
         // `boot` verified the image's length and sha256 against its signed
-        // manifest before returning. The agent is this process, up and
-        // serving its policies: that is the whole health check for now.
+        // manifest before returning, and the caller's probe passed.
         None
     };
     if let Some(reason) = failure {

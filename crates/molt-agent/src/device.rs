@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::action_log::{ActionLog, Line};
-use crate::agent_slots::{self, AGENT_IMAGE_NAME, AgentInstall};
+use crate::agent_slots::{self, AGENT_IMAGE_NAME, AgentInstall, Health};
 use crate::config::DeviceConfig;
 use crate::error::DeviceError;
 use crate::record::{self, Installed, PolicyRecord};
@@ -210,13 +210,15 @@ impl Device {
             log,
             batches: 0,
         };
-        device.boot_slots()?;
         let module_bytes_max = device.runtime.limits().module_bytes_max as u64;
         for (name, policy) in device.installed.policies.clone() {
             let wasm = record::load_module(&device.dir.join(POLICIES_DIR), &policy.sha256, module_bytes_max)?;
             let version = device.compile(&name, &policy, &wasm)?;
             device.start_policy(&name, policy, version)?;
         }
+        // Policies first: a trial agent is committed only once its health
+        // probe has seen every installed policy serving.
+        device.boot_slots()?;
         Ok(device)
     }
 
@@ -567,7 +569,8 @@ impl Device {
     /// committed. Before the first agent install there is nothing to boot.
     fn boot_slots(&mut self) -> Result<Option<molt_core::ImageInfo>, DeviceError> {
         self.booted = None;
-        let (decision, committed) = self.slots(agent_slots::boot)?;
+        let health = self.health();
+        let (decision, committed) = self.slots(|engine| agent_slots::boot(engine, &health))?;
         self.booted = decision;
         Ok(committed)
     }
@@ -575,11 +578,33 @@ impl Device {
     fn install_agent(&mut self, agent: &FetchedAgent) -> Result<AgentInstall, DeviceError> {
         let manifest = agent_slots::verify_agent_manifest(&self.trust, &self.config.hardware_class, agent)?;
         let booted = self.booted;
-        let install = self.slots(|engine| agent_slots::install_agent(engine, booted, agent, &manifest))?;
+        let health = self.health();
+        let install = self.slots(|engine| agent_slots::install_agent(engine, booted, agent, &manifest, &health))?;
         if let Some(decision) = install.trial_boot {
             self.booted = Some(decision);
         }
         Ok(install)
+    }
+
+    /// The agent's health probe, run before a trial agent is committed:
+    /// every installed policy has a running deployment, and each answers a
+    /// snapshot (its instance is alive and its state encodes).
+    pub fn health(&mut self) -> Health {
+        if let Some(name) = self
+            .installed
+            .policies
+            .keys()
+            .find(|name| !self.policies.contains_key(*name))
+        {
+            return Err(format!("policy {name} is installed but not running"));
+        }
+        for (name, policy) in &mut self.policies {
+            policy
+                .deployment
+                .snapshot()
+                .map_err(|error| format!("policy {name} does not answer a snapshot: {error}"))?;
+        }
+        Ok(())
     }
 
     /// Runs an engine operation; after a storage failure the engine is

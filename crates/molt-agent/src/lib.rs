@@ -61,7 +61,7 @@ mod device;
 mod error;
 mod record;
 
-pub use crate::agent_slots::{AGENT_IMAGE_NAME, AgentInstall};
+pub use crate::agent_slots::{AGENT_IMAGE_NAME, AgentInstall, Health};
 pub use crate::config::DeviceConfig;
 pub use crate::device::{AgentEngine, Device, InstallReport, Prepared, Processed, SlotsReopened};
 pub use crate::error::DeviceError;

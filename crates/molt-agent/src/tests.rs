@@ -111,3 +111,73 @@ fn action_log_rotates_at_its_limit() {
         "{current}"
     );
 }
+
+/// An agent image and its manifest signed by `key`, written under `dir`.
+fn signed_agent(
+    dir: &std::path::Path,
+    key: &ed25519_dalek::SigningKey,
+    version: molt_core::Version,
+) -> (molt_release::client::FetchedAgent, molt_core::Manifest) {
+    use sha2::Digest;
+    let bytes = format!("agent image {version}").repeat(1000).into_bytes();
+    let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let manifest = molt_core::Manifest {
+        name: crate::AGENT_IMAGE_NAME.to_owned(),
+        version,
+        security_counter: 1,
+        length: bytes.len() as u64,
+        sha256,
+        hardware_class: "test-class".to_owned(),
+    };
+    let image = dir.join(format!("agent-{version}.img"));
+    std::fs::write(&image, &bytes).unwrap();
+    let agent = molt_release::client::FetchedAgent {
+        version: version.to_string(),
+        manifest: manifest.sign(&[key]).unwrap(),
+        image,
+        image_length: manifest.length,
+        image_sha256: sha256,
+    };
+    (agent, manifest)
+}
+
+#[test]
+fn a_trial_agent_that_fails_its_health_check_is_rolled_back() {
+    use molt_core::{Config, Engine, FileBackend, FileLayout, FsStore, TrustRoot, Version};
+
+    let dir = temp_dir();
+    let slots = dir.path().join("slots");
+    std::fs::create_dir(&slots).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let trust = TrustRoot::new(&[key.verifying_key()], 1).unwrap();
+    let config = Config::new(crate::AGENT_IMAGE_NAME, "test-class", trust);
+    let open = || {
+        let backend = FileBackend::new(FsStore::open(&slots).unwrap(), FileLayout::default());
+        Engine::open(backend, config.clone()).unwrap().0
+    };
+    let mut engine = open();
+
+    let (v1, v1_manifest) = signed_agent(dir.path(), &key, Version::new(1, 0, 0));
+    let installed = crate::agent_slots::install_agent(&mut engine, None, &v1, &v1_manifest, &Ok(())).unwrap();
+    assert_eq!(installed.committed.version, Version::new(1, 0, 0));
+
+    let (v2, v2_manifest) = signed_agent(dir.path(), &key, Version::new(2, 0, 0));
+    let unhealthy: crate::Health = Err("policy threshold does not answer a snapshot".to_owned());
+    let error = crate::agent_slots::install_agent(&mut engine, None, &v2, &v2_manifest, &unhealthy).unwrap_err();
+    match &error {
+        DeviceError::HealthCheck { version, reason } => {
+            assert_eq!(version, "2.0.0");
+            assert!(reason.contains("does not answer"), "{reason}");
+        }
+        other => panic!("expected a health-check failure, got {other}"),
+    }
+
+    // After a reboot the committed 1.0.0 boots, and nothing is on trial.
+    let mut engine = open();
+    let (decision, committed) = crate::agent_slots::boot(&mut engine, &Ok(())).unwrap();
+    let decision = decision.unwrap();
+    assert_eq!(decision.image.version, Version::new(1, 0, 0));
+    assert_eq!(decision.reason, molt_core::BootReason::Committed);
+    assert!(committed.is_none());
+    assert_eq!(engine.record().committed_version, Version::new(1, 0, 0));
+}

@@ -856,15 +856,25 @@ async fn run_steps(args: &Args, work: &Path, steps: &mut Steps) -> anyhow::Resul
     let engine_config = device.slot_engine_config();
     let layout = device.config().slot_layout;
     let mut store = power_cut::load(&device.slots_dir())?;
+    // The running device's own health probe decides each simulated commit,
+    // as it decides the real one.
+    let health = device.health();
+    let install = power_cut::Install {
+        config: &engine_config,
+        layout,
+        agent: &agent,
+        manifest: &manifest,
+        health: &health,
+    };
     let mut cut_points = CutPoints(seed);
     let mut cuts = Vec::new();
     for _ in 0..args.power_cuts {
-        let ops = power_cut::count_ops(&store, &engine_config, layout, &agent, &manifest)?;
+        let ops = power_cut::count_ops(&store, &install)?;
         if ops == 0 {
             break;
         }
         let at = cut_points.pick(ops);
-        let (survived, cut) = power_cut::cut(&store, &engine_config, layout, &agent, &manifest, at, ops)?;
+        let (survived, cut) = power_cut::cut(&store, &install, at, ops)?;
         step.note(&format!(
             "power cut at storage operation {} of {} ({}), unsynced writes lost",
             cut.at, cut.ops, cut.error

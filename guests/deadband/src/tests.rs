@@ -1,4 +1,4 @@
-use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state, testing};
+use molt_policy_sdk::{Config, Policy, PolicyError, decode_state, encode_state, testing};
 
 use crate::Deadband;
 
@@ -8,28 +8,10 @@ fn policy(pairs: &[(&str, &str)]) -> Result<Deadband, PolicyError> {
 
 /// Feeds `(sensor, value)` readings and renders the telemetry as `sensor:metric=value`, one per line.
 fn run(policy: &mut Deadband, readings: &[(u32, f64)]) -> String {
-    let batch: Vec<Reading> = readings
-        .iter()
-        .enumerate()
-        .map(|(index, &(sensor, value))| Reading {
-            sequence: index as u64,
-            sensor,
-            timestamp_ms: index as u64,
-            value,
-        })
-        .collect();
-    let actions = match testing::process(policy, &batch) {
-        Ok(actions) => actions,
-        Err(error) => return format!("error: {error:?}"),
-    };
-    actions
-        .iter()
-        .map(|action| match action {
-            Action::Telemetry(t) => format!("{}:{}={}", t.sensor, t.metric, t.value),
-            other => format!("{other:?}"),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    match testing::process(policy, &testing::readings(readings, 1)) {
+        Ok(actions) => testing::telemetry_lines(&actions),
+        Err(error) => format!("error: {error:?}"),
+    }
 }
 
 #[test]

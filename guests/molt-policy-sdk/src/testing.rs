@@ -33,3 +33,31 @@ pub fn process<P: Policy>(policy: &mut P, batch: &[Reading]) -> Result<Vec<Actio
     policy.process(batch, &mut actions)?;
     Ok(actions)
 }
+
+/// A batch from `(sensor, value)` pairs: sequence numbers from 0, and
+/// timestamps `interval_ms` apart from 0.
+pub fn readings(values: &[(u32, f64)], interval_ms: u64) -> Vec<Reading> {
+    values
+        .iter()
+        .zip(0u64..)
+        .map(|(&(sensor, value), index)| Reading {
+            sequence: index,
+            sensor,
+            timestamp_ms: interval_ms * index,
+            value,
+        })
+        .collect()
+}
+
+/// Renders telemetry as `sensor:metric=value`, one per line; any other
+/// action in its `Debug` form.
+pub fn telemetry_lines(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(|action| match action {
+            Action::Telemetry(telemetry) => format!("{}:{}={}", telemetry.sensor, telemetry.metric, telemetry.value),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

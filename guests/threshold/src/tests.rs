@@ -1,4 +1,4 @@
-use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state, testing};
+use molt_policy_sdk::{Action, Config, Policy, PolicyError, decode_state, encode_state, testing};
 
 use crate::Threshold;
 
@@ -8,21 +8,10 @@ fn policy(pairs: &[(&str, &str)]) -> Result<Threshold, PolicyError> {
 
 /// Feeds `(sensor, value)` readings one second apart and renders the actions one per line.
 fn run(policy: &mut Threshold, readings: &[(u32, f64)]) -> String {
-    let batch: Vec<Reading> = readings
-        .iter()
-        .enumerate()
-        .map(|(index, &(sensor, value))| Reading {
-            sequence: index as u64,
-            sensor,
-            timestamp_ms: 1_000 * index as u64,
-            value,
-        })
-        .collect();
-    let actions = match testing::process(policy, &batch) {
-        Ok(actions) => actions,
-        Err(error) => return format!("error: {error:?}"),
-    };
-    actions.iter().map(render).collect::<Vec<_>>().join("\n")
+    match testing::process(policy, &testing::readings(readings, 1_000)) {
+        Ok(actions) => actions.iter().map(render).collect::<Vec<_>>().join("\n"),
+        Err(error) => format!("error: {error:?}"),
+    }
 }
 
 fn render(action: &Action) -> String {

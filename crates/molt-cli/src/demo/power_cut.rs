@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use molt_agent::agent_slots;
+use molt_agent::agent_slots::{self, Health};
 use molt_core::sim::{Damage, Fault, SimStore};
 use molt_core::{BootDecision, Engine, FileBackend, FileLayout, FileStore, Manifest, Recovery};
 use molt_release::client::FetchedAgent;
@@ -90,52 +90,49 @@ pub(crate) fn write_back(store: &mut SimStore, dir: &Path) -> anyhow::Result<()>
 
 type SimEngine = Engine<FileBackend<SimStore>>;
 
+/// The agent install the power cuts interrupt, and what it runs with.
+pub(crate) struct Install<'a> {
+    /// The device's slot engine configuration.
+    pub(crate) config: &'a molt_core::Config,
+    /// The device's slot file names.
+    pub(crate) layout: FileLayout,
+    /// The verified agent image.
+    pub(crate) agent: &'a FetchedAgent,
+    /// Its verified manifest.
+    pub(crate) manifest: &'a Manifest,
+    /// The running device's health probe result, which decides commits.
+    pub(crate) health: &'a Health,
+}
+
 /// Powers the device on from `store`: the engine recovers and boots, as
 /// [`molt_agent::Device`] does on its own slots.
-fn power_on(
-    store: SimStore,
-    config: &molt_core::Config,
-    layout: FileLayout,
-) -> anyhow::Result<(SimEngine, Recovery, Option<BootDecision>)> {
-    let (mut engine, recovery) = Engine::open(FileBackend::new(store, layout), config.clone())
+fn power_on(store: SimStore, install: &Install<'_>) -> anyhow::Result<(SimEngine, Recovery, Option<BootDecision>)> {
+    let (mut engine, recovery) = Engine::open(FileBackend::new(store, install.layout), install.config.clone())
         .context("the slots did not reopen after the power cut")?;
-    let (boot, _committed) = agent_slots::boot(&mut engine).context("the device did not boot")?;
+    let (boot, _committed) = agent_slots::boot(&mut engine, install.health).context("the device did not boot")?;
     Ok((engine, recovery, boot))
 }
 
 /// Counts the storage operations of the uninterrupted install on a copy of
 /// `store`.
-pub(crate) fn count_ops(
-    store: &SimStore,
-    config: &molt_core::Config,
-    layout: FileLayout,
-    agent: &FetchedAgent,
-    manifest: &Manifest,
-) -> anyhow::Result<u64> {
-    let (mut engine, _recovery, booted) = power_on(store.clone(), config, layout)?;
+pub(crate) fn count_ops(store: &SimStore, install: &Install<'_>) -> anyhow::Result<u64> {
+    let (mut engine, _recovery, booted) = power_on(store.clone(), install)?;
     engine.backend_mut().store_mut().set_fault(Fault::None);
-    agent_slots::install_agent(&mut engine, booted, agent, manifest).context("the rehearsal install failed")?;
+    agent_slots::install_agent(&mut engine, booted, install.agent, install.manifest, install.health)
+        .context("the rehearsal install failed")?;
     Ok(engine.backend().store().ops())
 }
 
 /// Runs the install on `store` with power failing at operation `at`, then
 /// reboots (keeping only what was durable: [`Damage::LoseUnsynced`]),
 /// recovers and boots. Returns the store as it is after that boot.
-pub(crate) fn cut(
-    store: &SimStore,
-    config: &molt_core::Config,
-    layout: FileLayout,
-    agent: &FetchedAgent,
-    manifest: &Manifest,
-    at: u64,
-    ops: u64,
-) -> anyhow::Result<(SimStore, Cut)> {
-    let (mut engine, _recovery, booted) = power_on(store.clone(), config, layout)?;
+pub(crate) fn cut(store: &SimStore, install: &Install<'_>, at: u64, ops: u64) -> anyhow::Result<(SimStore, Cut)> {
+    let (mut engine, _recovery, booted) = power_on(store.clone(), install)?;
     engine.backend_mut().store_mut().set_fault(Fault::Cut {
         at,
         damage: Damage::LoseUnsynced,
     });
-    let error = match agent_slots::install_agent(&mut engine, booted, agent, manifest) {
+    let error = match agent_slots::install_agent(&mut engine, booted, install.agent, install.manifest, install.health) {
         Ok(_) => bail!("the install finished although power was cut at operation {at} of {ops}"),
         Err(error) => error.to_string(),
     };
@@ -144,7 +141,7 @@ pub(crate) fn cut(
         bail!("the install failed before the power cut at operation {at}: {error}");
     }
     store.reboot();
-    let (engine, recovery, boot) = power_on(store, config, layout)?;
+    let (engine, recovery, boot) = power_on(store, install)?;
     let boot = boot.context("no image to boot after the power cut")?;
     Ok((
         engine.into_backend().into_store(),
