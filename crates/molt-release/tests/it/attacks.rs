@@ -16,6 +16,7 @@ use molt_release::keys::Role;
 use molt_release::metadata;
 use molt_release::release_set::{self, Part, PolicyModule, ReleaseSet};
 use molt_release::repo::{Expiry, consistent_target_path};
+use molt_release::tuf::TufError;
 use sha2::{Digest as _, Sha256};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{Hashes, KeyHolder, Metafile, Root, Snapshot, Target, Targets, Timestamp};
@@ -225,92 +226,97 @@ const CASES: &[Case] = &[
     Case {
         category: 1,
         name: "unsigned timestamp",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 0, .. } if role_is(role, "timestamp")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 0, .. }) if role_is(role, "timestamp")),
     },
     Case {
         category: 1,
         name: "root below threshold",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 1, threshold: 2 } if role_is(role, "root")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 1, threshold: 2 }) if role_is(role, "root")),
     },
     Case {
         category: 2,
         name: "duplicate root signatures",
-        expect: |e| matches!(e, UpdateError::DuplicateSignature { role, .. } if role_is(role, "root")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::DuplicateSignature { role, .. }) if role_is(role, "root")),
     },
     Case {
         category: 3,
         name: "rotated-out timestamp key",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 0, .. } if role_is(role, "timestamp")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 0, .. }) if role_is(role, "timestamp")),
     },
     Case {
         category: 4,
         name: "expired root",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "root")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "root")),
     },
     Case {
         category: 4,
         name: "expired timestamp",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "timestamp")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "timestamp")),
     },
     Case {
         category: 4,
         name: "expired snapshot",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "snapshot")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "snapshot")),
     },
     Case {
         category: 4,
         name: "expired targets",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "targets")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "targets")),
     },
     Case {
         category: 5,
         name: "root rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, trusted: 2, offered: 1 } if role_is(role, "root")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, trusted: 2, offered: 1 }) if role_is(role, "root")),
     },
     Case {
         category: 5,
         name: "timestamp rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "timestamp")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "timestamp")),
     },
     Case {
         category: 5,
         name: "snapshot rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "snapshot")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "snapshot")),
     },
     Case {
         category: 5,
         name: "targets rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "targets")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "targets")),
     },
     Case {
         category: 6,
         name: "non-consecutive root",
-        expect: |e| matches!(e, UpdateError::NonConsecutiveRoot { trusted: 1, offered: 3 }),
+        expect: |e| {
+            matches!(
+                e,
+                UpdateError::Tuf(TufError::NonConsecutiveRoot { trusted: 1, offered: 3 })
+            )
+        },
     },
     Case {
         category: 6,
         name: "too many root rotations",
-        expect: |e| matches!(e, UpdateError::TooManyRootUpdates { limit: 2 }),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::TooManyRootUpdates { limit: 2, .. })),
     },
     Case {
         category: 7,
         name: "snapshot hash mismatch",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. })),
     },
     Case {
         category: 7,
         name: "targets hash mismatch",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. })),
     },
     Case {
         category: 7,
         name: "snapshot version mismatch",
-        expect: |e| matches!(e, UpdateError::VersionMismatch { role, fetched: 99, .. } if role_is(role, "snapshot")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::VersionMismatch { role, fetched: 99, .. }) if role_is(role, "snapshot")),
     },
     Case {
         category: 7,
         name: "targets version mismatch",
-        expect: |e| matches!(e, UpdateError::VersionMismatch { role, fetched: 99, .. } if role_is(role, "targets")),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::VersionMismatch { role, fetched: 99, .. }) if role_is(role, "targets")),
     },
     Case {
         category: 8,
@@ -333,10 +339,10 @@ const CASES: &[Case] = &[
         expect: |e| {
             matches!(
                 e,
-                UpdateError::LimitExceeded {
+                UpdateError::Tuf(TufError::LimitExceeded {
                     limit: "timestamp_bytes_max",
                     ..
-                }
+                })
             )
         },
     },
@@ -346,17 +352,17 @@ const CASES: &[Case] = &[
         expect: |e| {
             matches!(
                 e,
-                UpdateError::LimitExceeded {
+                UpdateError::Tuf(TufError::LimitExceeded {
                     limit: "root_bytes_max",
                     ..
-                }
+                })
             )
         },
     },
     Case {
         category: 9,
         name: "snapshot from an earlier publication",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: |e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. })),
     },
     Case {
         category: 9,
@@ -521,13 +527,21 @@ async fn run(name: &str) -> (Result<Option<molt_core::ImageInfo>, UpdateError>, 
                 .expect("refresh");
             limits.root_updates_max = 2;
         }
+        // The tampered file is one the device has not trusted yet: a device
+        // does not fetch again the snapshot or targets it already holds.
         "snapshot hash mismatch" => {
+            world
+                .repo
+                .refresh(&world.keys, &Expiry::default())
+                .await
+                .expect("refresh");
             let (_, snapshot_version, _) = versions(&world);
             edit_file(&world.meta().join(format!("{snapshot_version}.snapshot.json")), |b| {
                 flip_whitespace(b)
             });
         }
         "targets hash mismatch" => {
+            world.release(2, 2, "1.1.0", &[("threshold", "1.0.0")]).await;
             let (_, _, targets_version) = versions(&world);
             edit_file(&world.meta().join(format!("{targets_version}.targets.json")), |b| {
                 flip_whitespace(b)
