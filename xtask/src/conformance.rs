@@ -53,7 +53,7 @@ pub(crate) fn conformance(args: &[String]) -> Result<()> {
     let built = target.join("debug").join("molt");
     let private = target.join("xtask-conformance");
     std::fs::create_dir_all(&private).with_context(|| format!("could not create {}", private.display()))?;
-    let binary = private.join("molt");
+    let binary = private.join(format!("molt-{}", std::process::id()));
     std::fs::copy(&built, &binary).with_context(|| format!("could not copy {}", built.display()))?;
 
     let entrypoint = workspace_root().join("crates/molt-cli/tuf-conformance/molt-tuf-client");
@@ -70,7 +70,7 @@ pub(crate) fn conformance(args: &[String]) -> Result<()> {
         .arg(&entrypoint)
         .args(["-p", "no:cacheprovider"])
         .args(pytest_args);
-    run(
+    let outcome = run(
         &format!(
             "MOLT_BIN={} {} tuf_conformance --entrypoint {} (in {})",
             binary.display(),
@@ -79,7 +79,9 @@ pub(crate) fn conformance(args: &[String]) -> Result<()> {
             suite.display()
         ),
         &mut command,
-    )
+    );
+    let _ = std::fs::remove_file(&binary);
+    outcome
 }
 
 fn check_commit(suite: &Path) {
