@@ -1,5 +1,6 @@
-//! Transfers: tough `Transport`s for metadata, and resumable, bounded
-//! target downloads.
+//! Transfers: bounded metadata fetches (over molt's HTTP transport, which
+//! implements tough's `Transport` trait), and resumable, bounded target
+//! downloads.
 //!
 //! Every transfer is bounded: by the length TUF metadata gives (endless
 //! data), by a minimum throughput over a window (slow retrieval), and by a
@@ -10,7 +11,8 @@
 //!
 //! - [`download_target`]: one target into a file, all or nothing.
 //! - [`fetch_metadata`]: one metadata file into memory, bounded.
-//! - [`transport`]: the tough [`Transport`](tough::Transport) for metadata.
+//! - [`transport`]: the [`Transport`](tough::Transport) `fetch_metadata` uses
+//!   for HTTP (and any tough client could).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
