@@ -8,8 +8,12 @@
 //!   memory lines `memory/<key>: <bytes> bytes per instance ...`.
 //!
 //! Each figure in [`FIGURES`] names its source, its target and, where one
-//! exists, the plain-wasmtime figure measured in the same run, so the page
-//! can give molt's overhead as a ratio.
+//! exists, the baseline measured in the same run (plain wasmtime, or tough's
+//! TUF loader), so the page can give molt's overhead as a ratio.
+//!
+//! `--only <package>` runs one package's suites, to check that their figures
+//! parse; the page it writes says which figures were not measured, so it is
+//! not one to commit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -294,13 +298,16 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         section: "molt-release: TUF release sets",
-        what: "`check`: TUF metadata and release-set rules, set of 50 policies + 1 agent, local directory",
+        what: "`check`: TUF metadata and release-set rules, set of 50 policies + 1 agent, local directory (baseline: the same check on tough 0.24's `RepositoryLoader`, same repository)",
         value: Source::Time {
             id: "verify_50_policies/check",
             per: 1.0,
         },
         target: Target::None,
-        baseline: None,
+        baseline: Some(Source::Time {
+            id: "verify_50_policies/check_tough_loader",
+            per: 1.0,
+        }),
     },
     Figure {
         section: "molt-release: TUF release sets",
@@ -363,9 +370,23 @@ struct Measured {
 }
 
 pub(crate) fn bench(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|arg| arg == "--quick");
-    if let Some(other) = args.iter().find(|arg| *arg != "--quick") {
-        bail!("unknown argument {other:?}: `cargo xtask bench [--quick]`");
+    let mut quick = false;
+    let mut only: Option<String> = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--only" => {
+                let package = rest
+                    .next()
+                    .context("`--only` needs a package: `cargo xtask bench --only molt-release`")?;
+                if !SUITES.iter().any(|suite| suite.package == package) {
+                    bail!("no benchmarks in package {package:?}");
+                }
+                only = Some(package.clone());
+            }
+            other => bail!("unknown argument {other:?}: `cargo xtask bench [--quick] [--only <package>]`"),
+        }
     }
     let machine_before = Machine::read();
     let target_dir = target_dir()?;
@@ -374,7 +395,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     let mut measured = Measured::default();
     let mut lines = Vec::new();
     for suite in SUITES {
-        lines.extend(run_suite(suite, quick)?);
+        if only.as_ref().is_none_or(|package| package == suite.package) {
+            lines.extend(run_suite(suite, quick)?);
+        }
     }
     for line in &lines {
         parse_line(line, &mut measured);
@@ -388,7 +411,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let output = cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()

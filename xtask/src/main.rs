@@ -7,6 +7,7 @@
 //! cargo xtask ci          `test`, then `check`: what .ci/run does
 //! cargo xtask deps        install the Debian packages the build needs (clang, lld) if missing
 //! cargo xtask bench       run every benchmark and rewrite docs/benchmarks.md
+//! cargo xtask conformance run the tuf-conformance suite (a checkout given) against molt tuf-client
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod conformance;
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -32,8 +34,16 @@ Tasks:
   ci          test, then check: what .ci/run does.
   bench       Run the benchmarks of molt-core, molt-wasm and molt-release (criterion,
               release builds; about 15 minutes on 2 cores) and rewrite docs/benchmarks.md
-              with the machine, each figure's value and target, and molt's ratio to plain
-              wasmtime measured in the same run. --quick: criterion's quick mode.
+              with the machine, each figure's value and target, and molt's ratio to a
+              baseline measured in the same run (plain wasmtime, tough's TUF loader). --quick: criterion's quick mode.
+              --only <package>: that package's suites only, to check their figures parse
+              (the page then lists the others as not measured; do not commit it).
+  conformance <SUITE_DIR> [-- <pytest arguments>]
+              Run the public tuf-conformance suite, checked out at SUITE_DIR (README,
+              \"Conformance\"; commit eec841c), against `molt tuf-client`: builds molt,
+              finds pytest (MOLT_CONFORMANCE_PYTEST, SUITE_DIR/../tuf-conformance-env or
+              SUITE_DIR/.venv), needs faketime. Not part of `test`: the suite comes from
+              GitHub and needs Python.
   deps        Install the Debian packages the build needs beyond rustup's toolchain,
               if any is missing: clang and lld, which compile the C guest policies
               in guests-c/ to WebAssembly. Runs apt-get (with sudo when not root).
@@ -52,6 +62,7 @@ fn main() -> ExitCode {
         Some("ci") => deps().and_then(|()| test()).and_then(|()| check()),
         Some("deps") => deps(),
         Some("bench") => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("conformance") => conformance::conformance(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             return ExitCode::SUCCESS;

@@ -43,10 +43,7 @@ fn download(c: &mut Criterion) {
         let content = body(length);
         let name = format!("{size_mib}MiB.bin");
         std::fs::write(repo.path().join("targets").join(&name), &content).expect("write target");
-        let expected = Expected {
-            length: length as u64,
-            sha256: Sha256::digest(&content).into(),
-        };
+        let expected = Expected::sha256(length as u64, Sha256::digest(&content).into());
         drop(content);
         group.throughput(Throughput::Bytes(length as u64));
 

@@ -2,25 +2,28 @@
 //! and hand verified images to molt-core, all or nothing.
 //!
 //! The device's trusted TUF metadata lives in `<trusted>/metadata/`. An
-//! update is verified in a scratch copy (`<trusted>/scratch/`); only when the
-//! release set and every one of its parts have verified is the scratch copy
-//! promoted, by an atomic rename. A failed or attacked update therefore
-//! leaves the trusted metadata byte-identical, whatever tough wrote while
-//! verifying.
+//! update is verified in a scratch copy (`<trusted>/scratch/`) by molt's TUF
+//! client workflow ([`crate::tuf`]), which stores each role there as it
+//! verifies; only when the release set and every one of its parts have
+//! verified is the scratch copy promoted, by an atomic rename. A failed or
+//! attacked update therefore leaves the trusted metadata byte-identical,
+//! whatever the workflow wrote while verifying.
+//!
+//! Release sets are found among the targets the top-level targets role
+//! lists (`release-sets/<version>.json`); every part a set names is looked
+//! up by the delegation search, so parts may be signed by delegated roles
+//! (a team's policies under `policies/<name>/*`, say), and a delegated
+//! role is fetched only when a part needs it.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-use tough::schema::{Root, Signed};
-use tough::{ExpirationEnforcement, RepositoryLoader};
-use url::Url;
-
+use crate::digest::{Algorithm, Digest};
 use crate::download::{self, DownloadError, DownloadLimits, Expected, NoProgress, Progress, Source};
 use crate::release_set::{self, Part, ReleaseSet, ReleaseSetError};
-use crate::repo::consistent_target_path;
+use crate::tuf::{self, Durability, TimestampUpdate, TufError, TufLimits, Updater};
 
 /// Bounds on what the device accepts; each name appears in its error.
 #[derive(Debug, Clone)]
@@ -34,8 +37,12 @@ pub struct ClientLimits {
     pub snapshot_bytes_max: u64,
     /// Root versions one update may walk through; default 32.
     pub root_updates_max: u64,
-    /// Targets metadata when snapshot gives no length; default 10 MiB.
+    /// Targets metadata (top-level or delegated) when snapshot gives no
+    /// length; default 10 MiB.
     pub targets_bytes_max: u64,
+    /// Targets roles one lookup of a part may visit in the delegation
+    /// search, the top-level one included; default 32.
+    pub delegated_roles_max: u64,
     /// The release set target; default `release_set::RELEASE_SET_BYTES_MAX`.
     pub release_set_bytes_max: u64,
     /// Any one target (image or module); default 256 MiB.
@@ -52,9 +59,25 @@ impl Default for ClientLimits {
             snapshot_bytes_max: 10 << 20,
             root_updates_max: 32,
             targets_bytes_max: 10 << 20,
+            delegated_roles_max: 32,
             release_set_bytes_max: crate::release_set::RELEASE_SET_BYTES_MAX,
             target_bytes_max: 256 << 20,
             download: DownloadLimits::default(),
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The limits the TUF workflow takes.
+    pub fn tuf(&self) -> TufLimits {
+        TufLimits {
+            root_bytes_max: self.root_bytes_max,
+            timestamp_bytes_max: self.timestamp_bytes_max,
+            snapshot_bytes_max: self.snapshot_bytes_max,
+            targets_bytes_max: self.targets_bytes_max,
+            root_updates_max: self.root_updates_max,
+            delegated_roles_max: self.delegated_roles_max,
+            download: self.download,
         }
     }
 }
@@ -95,124 +118,34 @@ pub enum UpdateError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The root given to `init` (or the trusted one) does not verify.
-    #[error("trusted root metadata is not valid: {reason}; obtain root.json from the repository owner again")]
-    BadTrustedRoot {
-        /// Why.
-        reason: String,
-    },
-    /// Fewer valid signatures than the role's threshold (unsigned metadata,
-    /// signatures by unknown, revoked or rotated-out keys).
+    /// The TUF client workflow refused the repository's metadata (see
+    /// [`TufError`] for every case: signatures, expiry, rollback, versions,
+    /// hashes, limits, delegations).
+    #[error(transparent)]
+    Tuf(#[from] TufError),
+    /// The repository serves a timestamp of the trusted version with other
+    /// content: its timestamp key signed two different timestamps. The new
+    /// one was discarded and not stored (5.4.3.1); the device reports it
+    /// rather than carrying on quietly, since no repository does this.
     #[error(
-        "{role} metadata has {valid} valid signatures, below its threshold of {threshold}; the repository is misconfigured or under attack"
+        "the repository's timestamp version {version} differs from the trusted timestamp of the same version; the timestamp key signed two timestamps, so the repository is misconfigured or its timestamp key is compromised; nothing was changed"
     )]
-    BelowThreshold {
-        /// The role.
-        role: String,
-        /// Valid signatures from keys the trusted root names for the role.
-        valid: u64,
-        /// Required.
-        threshold: u64,
+    TimestampEquivocation {
+        /// The version.
+        version: u64,
     },
-    /// Two signatures from one key.
-    #[error("{role} metadata carries more than one signature by key {keyid}; the repository is under attack")]
-    DuplicateSignature {
-        /// The role.
-        role: String,
-        /// The key.
-        keyid: String,
-    },
-    /// Metadata expired (freeze attack, or the repository was not refreshed).
-    #[error("{role} metadata has expired; the repository must run `molt repo refresh`, or the device clock is wrong")]
-    Expired {
-        /// The role.
-        role: String,
-    },
-    /// Metadata older than what the device trusts (rollback attack).
-    #[error("{role} metadata version {offered} is older than the trusted version {trusted}; refusing a rollback")]
-    Rollback {
-        /// The role.
-        role: String,
-        /// The trusted version.
-        trusted: u64,
-        /// The offered version.
-        offered: u64,
-    },
-    /// A root version that is not exactly one more than the trusted one.
-    #[error("root metadata jumps from trusted version {trusted} to {offered}; root versions must be consecutive")]
-    NonConsecutiveRoot {
-        /// The trusted version.
-        trusted: u64,
-        /// The offered version.
-        offered: u64,
-    },
-    /// More root rotations in one update than `root_updates_max` allows.
-    #[error("more than {limit} root rotations in one update (root_updates_max); raise the limit if this is expected")]
-    TooManyRootUpdates {
-        /// `root_updates_max`.
-        limit: u64,
-    },
-    /// A metadata file's version is not the one its parent lists.
+    /// Bytes read back do not match what verified metadata lists.
     #[error(
-        "{role} metadata is version {fetched} but the {parent} lists version {expected}; the repository is inconsistent or under attack"
-    )]
-    VersionMismatch {
-        /// The role.
-        role: String,
-        /// Version the file carries.
-        fetched: u64,
-        /// Version the parent lists.
-        expected: u64,
-        /// The metadata listing it.
-        parent: &'static str,
-    },
-    /// A metadata file's hash is not the one its parent lists.
-    #[error(
-        "{url} does not match the sha256 its parent metadata lists; the repository is inconsistent or under attack"
+        "{url} does not match the length and digests the verified metadata lists; the repository is inconsistent or under attack"
     )]
     HashMismatch {
         /// The file.
         url: String,
     },
-    /// A file is larger than a named limit (endless data, oversized
-    /// metadata).
-    #[error("{what} exceeds {max} bytes ({limit}); the server sent too much data")]
-    LimitExceeded {
-        /// The file.
-        what: String,
-        /// The limit's name.
-        limit: &'static str,
-        /// The limit.
-        max: u64,
-    },
-    /// Metadata the device needs is not on the server.
-    #[error("{url} is missing from the repository; check the source URL or directory")]
-    MissingMetadata {
-        /// The file.
-        url: String,
-    },
-    /// Metadata could not be fetched.
-    #[error("fetching {url} failed: {reason}; check the network and try again")]
-    Transport {
-        /// The file.
-        url: String,
-        /// Why.
-        reason: String,
-    },
-    /// Metadata is not valid TUF metadata.
-    #[error("{role} metadata is malformed: {reason}")]
-    MalformedMetadata {
-        /// The role.
-        role: String,
-        /// Why.
-        reason: String,
-    },
-    /// The system clock is earlier than at the last update.
+    /// The system clock is earlier than at the last update (the device
+    /// records the start time of every update it accepts).
     #[error("the system clock went backwards since the last update; fix the clock and try again")]
     ClockWentBack,
-    /// tough refused for another reason.
-    #[error("TUF verification failed: {0}")]
-    Tuf(String),
     /// A target download failed.
     #[error("downloading {target}: {source}")]
     Download {
@@ -303,6 +236,20 @@ pub enum UpdateError {
         /// Why.
         reason: String,
     },
+    /// Looking a part up in the delegation graph failed (a delegated role
+    /// did not verify, is missing from the snapshot, or the search hit
+    /// `delegated_roles_max`).
+    #[error("release set {version} part {field} ({target}) could not be looked up: {source}")]
+    PartLookup {
+        /// The set.
+        version: u64,
+        /// The field.
+        field: String,
+        /// Its target name.
+        target: String,
+        /// Why.
+        source: Box<TufError>,
+    },
     /// A part the set names is not a TUF target (partial set).
     #[error(
         "release set {version} part {field} names {target}, which is not in the signed targets; refusing a partial release set"
@@ -366,6 +313,11 @@ pub struct Verified {
     pub set: ReleaseSet,
     /// Where it came from.
     pub source: Source,
+    /// What each part must be, by target name: the TUF target's length and
+    /// every supported digest it lists, and the set's sha256.
+    parts: BTreeMap<String, Expected>,
+    /// Whether targets are fetched under consistent-snapshot names.
+    consistent_snapshot: bool,
     update: UpdateToken,
 }
 
@@ -453,6 +405,32 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, UpdateError>
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
+/// The start time of the newest update the device accepted, kept with the
+/// trusted metadata (not a `.json` file: it is not TUF metadata).
+const CLOCK_FILE: &str = "latest-update-start";
+
+/// Refuses to run an update whose start time is before the last accepted
+/// one's: expiry is judged against the clock, so a clock set back would
+/// make expired metadata look fresh.
+fn check_clock(metadata: &Path, now: jiff::Timestamp) -> Result<(), UpdateError> {
+    let path = metadata.join(CLOCK_FILE);
+    let recorded = match read_bounded(&path, 64) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+        Ok(None) => None,
+        Err(UpdateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
+    match recorded.and_then(|text| text.trim().parse::<jiff::Timestamp>().ok()) {
+        Some(last) if now < last => Err(UpdateError::ClockWentBack),
+        _ => Ok(()),
+    }
+}
+
+fn record_clock(metadata: &Path, now: jiff::Timestamp) -> Result<(), UpdateError> {
+    let path = metadata.join(CLOCK_FILE);
+    fs::write(&path, now.to_string()).map_err(io_error(&path))
+}
+
 /// Copies the regular files of `from` into the new directory `to`.
 fn copy_dir(from: &Path, to: &Path) -> Result<(), UpdateError> {
     fs::create_dir_all(to).map_err(io_error(to))?;
@@ -466,195 +444,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), UpdateError> {
     Ok(())
 }
 
-fn sha256_hex(sha256: &[u8]) -> String {
-    hex::encode(sha256)
-}
-
-/// A tough transport from `download::transport`, boxed.
-#[derive(Debug, Clone)]
-struct BoxedTransport(Box<dyn tough::Transport>);
-
-#[tough::async_trait]
-impl tough::Transport for BoxedTransport {
-    async fn fetch(&self, url: Url) -> Result<tough::TransportStream, tough::TransportError> {
-        self.0.fetch(url).await
-    }
-}
-
-fn role_name(file: &str) -> String {
-    file.trim_end_matches(".json").to_owned()
-}
-
-/// Maps a tough error to molt's typed refusal.
-fn classify(error: tough::error::Error, limits: &ClientLimits) -> UpdateError {
-    use tough::error::Error as E;
-    match error {
-        E::ExpiredMetadata { role, .. } => UpdateError::Expired { role: role.to_string() },
-        E::VerifyMetadata { role, source, .. } => classify_verify(role.to_string(), source),
-        E::VerifyTrustedMetadata { source, .. } => UpdateError::BadTrustedRoot {
-            reason: source.to_string(),
-        },
-        E::OlderMetadata {
-            role,
-            current_version,
-            new_version,
-            ..
-        } => {
-            if role == tough::schema::RoleType::Root && new_version > current_version.saturating_add(1) {
-                UpdateError::NonConsecutiveRoot {
-                    trusted: current_version,
-                    offered: new_version,
-                }
-            } else {
-                UpdateError::Rollback {
-                    role: role.to_string(),
-                    trusted: current_version,
-                    offered: new_version,
-                }
-            }
-        }
-        E::OlderSnapshotInTimestamp {
-            snapshot_new,
-            snapshot_old,
-            ..
-        } => UpdateError::Rollback {
-            role: "snapshot".to_owned(),
-            trusted: snapshot_old,
-            offered: snapshot_new,
-        },
-        E::SnapshotRoleRollback {
-            role,
-            old_role_version,
-            new_role_version,
-            ..
-        } => UpdateError::Rollback {
-            role: role_name(&role),
-            trusted: old_role_version,
-            offered: new_role_version,
-        },
-        E::SnapshotRoleMissing { role, .. } => UpdateError::MalformedMetadata {
-            role: "snapshot".to_owned(),
-            reason: format!("{role} was listed before and is missing now"),
-        },
-        E::MaxUpdatesExceeded { max_root_updates, .. } => UpdateError::TooManyRootUpdates {
-            limit: max_root_updates,
-        },
-        E::VersionMismatch {
-            role,
-            fetched,
-            expected,
-            ..
-        } => UpdateError::VersionMismatch {
-            parent: if role == tough::schema::RoleType::Snapshot {
-                "timestamp"
-            } else {
-                "snapshot"
-            },
-            role: role.to_string(),
-            fetched,
-            expected,
-        },
-        E::MaxSizeExceeded {
-            max_size, specifier, ..
-        } => limit_exceeded("metadata".to_owned(), max_size, specifier, limits),
-        E::ParseMetadata { role, source, .. } => UpdateError::MalformedMetadata {
-            role: role.to_string(),
-            reason: source.to_string(),
-        },
-        E::ParseTrustedMetadata { source, .. } => UpdateError::BadTrustedRoot {
-            reason: source.to_string(),
-        },
-        E::SystemTimeSteppedBackward { .. } => UpdateError::ClockWentBack,
-        E::Transport { url, source, .. } => classify_transport(url.to_string(), &source, limits),
-        other => UpdateError::Tuf(other.to_string()),
-    }
-}
-
-fn classify_verify(role: String, error: tough::schema::Error) -> UpdateError {
-    use tough::schema::Error as S;
-    match error {
-        S::SignatureThreshold { threshold, valid, .. } => UpdateError::BelowThreshold { role, valid, threshold },
-        S::DuplicateKeyId { keyid } => UpdateError::DuplicateSignature { role, keyid },
-        other => UpdateError::MalformedMetadata {
-            role,
-            reason: other.to_string(),
-        },
-    }
-}
-
-fn classify_transport(url: String, error: &tough::TransportError, limits: &ClientLimits) -> UpdateError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(current) = cause {
-        if let Some(tough_error) = current.downcast_ref::<tough::error::Error>() {
-            match tough_error {
-                tough::error::Error::HashMismatch { .. } => return UpdateError::HashMismatch { url },
-                tough::error::Error::MaxSizeExceeded {
-                    max_size, specifier, ..
-                } => {
-                    return limit_exceeded(url, *max_size, specifier, limits);
-                }
-                _ => {}
-            }
-        }
-        cause = current.source();
-    }
-    if error.kind() == tough::TransportErrorKind::FileNotFound {
-        return UpdateError::MissingMetadata { url };
-    }
-    UpdateError::Transport {
-        url,
-        reason: error.to_string(),
-    }
-}
-
-/// Names the limit behind tough's size specifier.
-fn limit_exceeded(what: String, max: u64, specifier: &str, limits: &ClientLimits) -> UpdateError {
-    let limit = match specifier {
-        "max_root_size argument" => "root_bytes_max",
-        "max_timestamp_size argument" => "timestamp_bytes_max",
-        "max_targets_size parameter" => "targets_bytes_max",
-        // snapshot.json, fetched under the timestamp's listing without a length.
-        "timestamp.json" if max == limits.snapshot_bytes_max => "snapshot_bytes_max",
-        "timestamp.json" => "length listed in timestamp.json",
-        "snapshot.json" => "length listed in snapshot.json",
-        _ => "length listed in targets.json",
-    };
-    UpdateError::LimitExceeded { what, limit, max }
-}
-
 fn download_error(target: &str) -> impl FnOnce(DownloadError) -> UpdateError + '_ {
     move |source| UpdateError::Download {
         target: target.to_owned(),
         source,
-    }
-}
-
-/// Where `source` keeps metadata and targets, as tough wants them.
-fn base_urls(source: &Source) -> Result<(Url, Url), UpdateError> {
-    match source {
-        Source::Dir(dir) => {
-            let dir = fs::canonicalize(dir).map_err(io_error(dir))?;
-            let url = |sub: &str| {
-                Url::from_directory_path(dir.join(sub)).map_err(|()| UpdateError::Transport {
-                    url: dir.display().to_string(),
-                    reason: "not an absolute directory".to_owned(),
-                })
-            };
-            Ok((url("metadata")?, url("targets")?))
-        }
-        Source::Url(base) => {
-            let mut base = base.clone();
-            if !base.path().ends_with('/') {
-                base.set_path(&format!("{}/", base.path()));
-            }
-            let join = |sub: &str| {
-                base.join(sub).map_err(|error| UpdateError::Transport {
-                    url: base.to_string(),
-                    reason: error.to_string(),
-                })
-            };
-            Ok((join("metadata/")?, join("targets/")?))
-        }
     }
 }
 
@@ -668,20 +461,14 @@ impl Client {
         limits: ClientLimits,
     ) -> Result<Client, UpdateError> {
         if root_json.len() as u64 > limits.root_bytes_max {
-            return Err(UpdateError::LimitExceeded {
+            return Err(TufError::LimitExceeded {
                 what: "root.json".to_owned(),
                 limit: "root_bytes_max",
                 max: limits.root_bytes_max,
-            });
+            }
+            .into());
         }
-        let root: Signed<Root> = serde_json::from_slice(root_json).map_err(|error| UpdateError::BadTrustedRoot {
-            reason: error.to_string(),
-        })?;
-        root.signed
-            .verify_role(&root)
-            .map_err(|error| UpdateError::BadTrustedRoot {
-                reason: error.to_string(),
-            })?;
+        tuf::verify_trusted_root(root_json)?;
         let metadata = trusted.join(METADATA);
         if fs::symlink_metadata(&metadata).is_ok() {
             return Err(UpdateError::AlreadyInitialised {
@@ -782,35 +569,26 @@ impl Client {
         );
         let token_path = scratch.join(TOKEN);
         fs::write(&token_path, &nonce).map_err(io_error(&token_path))?;
-        let root_path = self.metadata_dir().join("root.json");
-        let root_json = read_bounded(&root_path, self.limits.root_bytes_max)?.ok_or(UpdateError::LimitExceeded {
-            what: root_path.display().to_string(),
-            limit: "root_bytes_max",
-            max: self.limits.root_bytes_max,
-        })?;
-        let (metadata_url, targets_url) = base_urls(source)?;
-        let tough_limits = tough::Limits {
-            max_root_size: self.limits.root_bytes_max,
-            max_targets_size: self.limits.targets_bytes_max,
-            max_timestamp_size: self.limits.timestamp_bytes_max,
-            max_snapshot_size: self.limits.snapshot_bytes_max,
-            max_root_updates: self.limits.root_updates_max,
-        };
-        let repository = RepositoryLoader::new(&root_json, metadata_url, targets_url)
-            .transport(BoxedTransport(download::transport(source, &self.limits.download)))
-            .limits(tough_limits)
-            .datastore(&scratch_metadata)
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .load()
-            .await
-            .map_err(|error| classify(error, &self.limits))?;
+        let now = jiff::Timestamp::now();
+        check_clock(&scratch_metadata, now)?;
+        let mut updater = Updater::open_at(
+            &scratch_metadata,
+            source.clone(),
+            self.limits.tuf(),
+            Durability::Caller,
+            now,
+        )?;
+        let refresh = updater.refresh().await?;
+        if let TimestampUpdate::SameVersionDiscarded { version } = refresh.timestamp {
+            return Err(UpdateError::TimestampEquivocation { version });
+        }
+        record_clock(&scratch_metadata, now)?;
 
-        let targets = &repository.targets().signed.targets;
-        let newest = targets
-            .iter()
-            .filter_map(|(name, target)| Some((release_set::version_of_target(name.raw())?, name, target)))
-            .max_by_key(|(version, _, _)| *version);
-        let Some((version, name, target)) = newest else {
+        let newest = updater
+            .top_level_targets()?
+            .filter_map(|name| Some((release_set::version_of_target(name)?, name.to_owned())))
+            .max_by_key(|(version, _)| *version);
+        let Some((version, name)) = newest else {
             return Ok(None);
         };
         if version < installed.release_version {
@@ -822,80 +600,74 @@ impl Client {
         if version == installed.release_version {
             return Ok(None);
         }
+        // Listed by the top-level role, so the search answers from it.
+        let target = updater
+            .find_target(&name)
+            .await?
+            .ok_or_else(|| UpdateError::PartMissing {
+                version,
+                field: "release set".to_owned(),
+                target: name.clone(),
+            })?;
         let set_limit = self
             .limits
             .release_set_bytes_max
             .min(release_set::RELEASE_SET_BYTES_MAX);
         if target.length > set_limit {
             return Err(UpdateError::PartTooLarge {
-                target: name.raw().to_owned(),
+                target: name,
                 length: target.length,
                 limit: "release_set_bytes_max",
                 max: set_limit,
             });
         }
-        let sha256: [u8; 32] =
-            target
-                .hashes
-                .sha256
-                .as_ref()
-                .try_into()
-                .map_err(|_| UpdateError::MalformedMetadata {
-                    role: "targets".to_owned(),
-                    reason: format!("{} has no 32-byte sha256", name.raw()),
-                })?;
+        let expected = target.expected()?;
         let set_path = scratch.join(RELEASE_SET_FILE);
         download::download_target(
             source,
-            &consistent_target_path(name.raw(), &sha256_hex(&sha256)),
+            &tuf::target_file_path(&name, &expected, updater.consistent_snapshot()),
             &set_path,
-            &Expected {
-                length: target.length,
-                sha256,
-            },
+            &expected,
             &self.limits.download,
             &NoProgress,
             &tokio_util::sync::CancellationToken::new(),
         )
         .await
-        .map_err(download_error(name.raw()))?;
+        .map_err(download_error(&name))?;
         let bytes = read_bounded(&set_path, set_limit)?.ok_or_else(|| UpdateError::PartTooLarge {
-            target: name.raw().to_owned(),
+            target: name.clone(),
             length: target.length,
             limit: "release_set_bytes_max",
             max: set_limit,
         })?;
         // Pair assertion: the transfer layer promised exactly these bytes.
-        if bytes.len() as u64 != target.length || Sha256::digest(&bytes).as_slice() != sha256 {
-            return Err(UpdateError::HashMismatch {
-                url: name.raw().to_owned(),
-            });
+        if bytes.len() as u64 != expected.length || expected.digests.check(&bytes).is_err() {
+            return Err(UpdateError::HashMismatch { url: name });
         }
         let set = ReleaseSet::from_json(&bytes).map_err(|source| UpdateError::ReleaseSet {
-            target: name.raw().to_owned(),
+            target: name.clone(),
             source,
         })?;
         if set.version != version {
             return Err(UpdateError::ReleaseSetNameMismatch {
-                target: name.raw().to_owned(),
+                target: name,
                 found: set.version,
             });
         }
-        self.check_rules(&set, installed, &repository)?;
+        self.check_rules(&set, installed)?;
+        let parts = self.resolve_parts(&set, &mut updater).await?;
         Ok(Some(Verified {
             set,
             source: source.clone(),
+            parts,
+            consistent_snapshot: updater.consistent_snapshot(),
             update: UpdateToken { nonce },
         }))
     }
 
-    /// molt's rules on a release set that TUF verified.
-    fn check_rules(
-        &self,
-        set: &ReleaseSet,
-        installed: &Installed,
-        repository: &tough::Repository,
-    ) -> Result<(), UpdateError> {
+    /// molt's rules on a release set that TUF verified, before its parts
+    /// are looked up.
+    fn check_rules(&self, set: &ReleaseSet, installed: &Installed) -> Result<(), UpdateError> {
         let version = set.version;
         if !set.agents.contains_key(&self.hardware_class) {
             return Err(UpdateError::WrongHardwareClass {
@@ -943,19 +715,39 @@ impl Client {
                 running: installed.agent_version.clone(),
             });
         }
-        let targets = &repository.targets().signed;
+        Ok(())
+    }
+
+    /// Looks every part up by the delegation search and checks it against
+    /// its TUF target: the same length, and the set's sha256 equal to the
+    /// target's where the target lists one. Returns what each part's bytes
+    /// must be: every digest the target lists that molt supports, and the
+    /// set's sha256.
+    async fn resolve_parts(
+        &self,
+        set: &ReleaseSet,
+        updater: &mut Updater,
+    ) -> Result<BTreeMap<String, Expected>, UpdateError> {
+        let version = set.version;
+        let mut parts = BTreeMap::new();
         for (field, part) in set.parts() {
-            let name = tough::TargetName::new(part.target.as_str()).map_err(|_| UpdateError::PartMissing {
-                version,
-                field: field.clone(),
-                target: part.target.clone(),
-            })?;
-            let Some(target) = targets.targets.get(&name) else {
-                return Err(UpdateError::PartMissing {
-                    version,
-                    field,
-                    target: part.target.clone(),
-                });
+            let target = match updater.find_target(&part.target).await {
+                Ok(Some(target)) => target,
+                Ok(None) => {
+                    return Err(UpdateError::PartMissing {
+                        version,
+                        field,
+                        target: part.target.clone(),
+                    });
+                }
+                Err(source) => {
+                    return Err(UpdateError::PartLookup {
+                        version,
+                        field,
+                        target: part.target.clone(),
+                        source: Box::new(source),
+                    });
+                }
             };
             if target.length != part.length {
                 return Err(UpdateError::PartMismatch {
@@ -965,7 +757,12 @@ impl Client {
                     differs: "length",
                 });
             }
-            if part.sha256_bytes().as_ref().map(|digest| digest.as_slice()) != Some(target.hashes.sha256.as_ref()) {
+            let mut expected = target.expected()?;
+            let sha256 = part_sha256(part)?;
+            if !expected.digests.require(Digest {
+                algorithm: Algorithm::Sha256,
+                bytes: sha256.to_vec(),
+            }) {
                 return Err(UpdateError::PartMismatch {
                     version,
                     field,
@@ -981,6 +778,7 @@ impl Client {
                     max: self.limits.target_bytes_max,
                 });
             }
+            parts.insert(part.target.clone(), expected);
         }
         if let Some(agent) = set.agents.get(&self.hardware_class)
             && agent.manifest.length > molt_core::MANIFEST_SIZE_MAX as u64
@@ -992,7 +790,7 @@ impl Client {
                 max: molt_core::MANIFEST_SIZE_MAX as u64,
             });
         }
-        Ok(())
+        Ok(parts)
     }
 
     fn check_token(&self, token: &UpdateToken) -> Result<(), UpdateError> {
@@ -1049,11 +847,9 @@ impl Client {
         let set = &verified.set;
         let agent = match set.agents.get(&self.hardware_class) {
             Some(agent) => {
-                let image = self
-                    .fetch_part(&verified.source, &agent.image, dir, progress, cancel)
-                    .await?;
+                let image = self.fetch_part(verified, &agent.image, dir, progress, cancel).await?;
                 let manifest_path = self
-                    .fetch_part(&verified.source, &agent.manifest, dir, progress, cancel)
+                    .fetch_part(verified, &agent.manifest, dir, progress, cancel)
                     .await?;
                 let manifest = read_part(&manifest_path, &agent.manifest)?;
                 Some(FetchedAgent {
@@ -1068,9 +864,7 @@ impl Client {
         };
         let mut policies = BTreeMap::new();
         for (name, policy) in &set.policies {
-            let path = self
-                .fetch_part(&verified.source, &policy.module, dir, progress, cancel)
-                .await?;
+            let path = self.fetch_part(verified, &policy.module, dir, progress, cancel).await?;
             let wasm = read_part(&path, &policy.module)?;
             policies.insert(
                 name.clone(),
@@ -1093,25 +887,33 @@ impl Client {
 
     async fn fetch_part(
         &self,
-        source: &Source,
+        verified: &Verified,
         part: &Part,
         dir: &Path,
         progress: &dyn Progress,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<PathBuf, UpdateError> {
-        let sha256 = part_sha256(part)?;
+        let expected = match verified.parts.get(&part.target) {
+            Some(expected) => expected.clone(),
+            // Every part was resolved by `check`; a set without its
+            // resolution is not one `check` returned.
+            None => {
+                return Err(UpdateError::PartMissing {
+                    version: verified.set.version,
+                    field: "(unresolved part)".to_owned(),
+                    target: part.target.clone(),
+                });
+            }
+        };
         let dest = dir.join(&part.target);
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_error(parent))?;
         }
         download::download_target(
-            source,
-            &consistent_target_path(&part.target, &part.sha256),
+            &verified.source,
+            &tuf::target_file_path(&part.target, &expected, verified.consistent_snapshot),
             &dest,
-            &Expected {
-                length: part.length,
-                sha256,
-            },
+            &expected,
             &self.limits.download,
             progress,
             cancel,
@@ -1186,7 +988,9 @@ fn read_part(path: &Path, part: &Part) -> Result<Vec<u8>, UpdateError> {
     let bytes = read_bounded(path, part.length)?.ok_or_else(|| UpdateError::HashMismatch {
         url: part.target.clone(),
     })?;
-    if bytes.len() as u64 != part.length || Some(<[u8; 32]>::from(Sha256::digest(&bytes))) != part.sha256_bytes() {
+    if bytes.len() as u64 != part.length
+        || Some(Algorithm::Sha256.digest(&bytes)) != part.sha256_bytes().map(|sha256| sha256.to_vec())
+    {
         return Err(UpdateError::HashMismatch {
             url: part.target.clone(),
         });

@@ -1,15 +1,18 @@
-//! Transfers: tough `Transport`s for metadata, and resumable, bounded
-//! target downloads.
+//! Transfers: bounded metadata fetches (over molt's HTTP transport, which
+//! implements tough's `Transport` trait), and resumable, bounded target
+//! downloads.
 //!
 //! Every transfer is bounded: by the length TUF metadata gives (endless
 //! data), by a minimum throughput over a window (slow retrieval), and by a
 //! number of retries with exponential backoff that stops at once on cancel.
 //! Target downloads go to `<dest>.part` and resume from its length with an
 //! HTTP `Range` request; nothing in a `.part` file is trusted until the
-//! whole file matches the expected sha256.
+//! whole file matches every expected digest.
 //!
 //! - [`download_target`]: one target into a file, all or nothing.
-//! - [`transport`]: the tough [`Transport`](tough::Transport) for metadata.
+//! - [`fetch_metadata`]: one metadata file into memory, bounded.
+//! - [`transport`]: the [`Transport`](tough::Transport) `fetch_metadata` uses
+//!   for HTTP (and any tough client could).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,9 +20,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::digest::Digests;
+
 mod http;
+mod metadata;
 mod target;
 mod transport;
+
+pub use metadata::{FetchError, fetch_metadata};
 
 /// Where a repository is: a directory (its `public/`) or an HTTP(S) base URL.
 /// Metadata is under `metadata/` and targets under `targets/` in both.
@@ -64,12 +72,23 @@ impl Default for DownloadLimits {
 }
 
 /// What a target must be, from verified metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     /// Exact length in bytes.
     pub length: u64,
-    /// sha256.
-    pub sha256: [u8; 32],
+    /// Every digest the bytes must have (each listed algorithm molt
+    /// supports).
+    pub digests: Digests,
+}
+
+impl Expected {
+    /// `length` bytes with this sha256.
+    pub fn sha256(length: u64, sha256: [u8; 32]) -> Expected {
+        Expected {
+            length,
+            digests: Digests::sha256(sha256),
+        }
+    }
 }
 
 /// Watches a transfer; the CLI draws progress bars with it.
@@ -179,17 +198,19 @@ pub enum DownloadError {
         /// The window.
         throughput_window: Duration,
     },
-    /// The whole file does not have the sha256 from the verified metadata.
+    /// The whole file does not have a digest from the verified metadata.
     #[error(
-        "{name}: sha256 {actual} of the downloaded bytes is not {expected}, the digest in the \
+        "{name}: {algorithm} {actual} of the downloaded bytes is not {expected}, the digest in the \
          verified metadata; the part file was deleted, and the source serves a different file"
     )]
     DigestMismatch {
         /// The target name.
         name: String,
-        /// Hex sha256 from the metadata.
+        /// The hash algorithm (`sha256`, `sha512`, ...).
+        algorithm: &'static str,
+        /// Hex digest from the metadata.
         expected: String,
-        /// Hex sha256 of what arrived.
+        /// Hex digest of what arrived.
         actual: String,
     },
     /// The server answered with a status that is neither success nor

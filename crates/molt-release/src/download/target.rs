@@ -1,11 +1,10 @@
 //! One target into one file: fetch (HTTP with resume, or a local copy)
-//! into `<dest>.part`, verify length and sha256 over the whole part file,
+//! into `<dest>.part`, verify length and every listed digest over the whole part file,
 //! fsync, rename, fsync the directory.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -203,7 +202,7 @@ impl Job<'_> {
         let name = self.name();
         let part = self.part.clone();
         let dest = self.dest.to_path_buf();
-        let expected = *self.expected;
+        let expected = self.expected.clone();
         let committed = tokio::task::spawn_blocking(move || verify_and_commit(&name, &part, &dest, &expected)).await;
         match committed {
             Ok(result) => result,
@@ -417,7 +416,7 @@ async fn copy_from_dir(job: &Job<'_>, path: &Path) -> Result<(), DownloadError> 
     job.verify_and_commit().await
 }
 
-/// Reads the whole part file back, checks its length and sha256, and only
+/// Reads the whole part file back, checks its length and digests, and only
 /// then makes it durable and renames it to `dest`. On a mismatch the part
 /// file is deleted.
 fn verify_and_commit(name: &str, part: &Path, dest: &Path, expected: &Expected) -> Result<(), DownloadError> {
@@ -441,7 +440,7 @@ fn verify_and_commit(name: &str, part: &Path, dest: &Path, expected: &Expected) 
         .write(true)
         .open(part)
         .map_err(io("open", part))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = expected.digests.hasher();
     let mut buf = vec![0u8; IO_BLOCK_BYTES];
     let mut n_hashed: u64 = 0;
     loop {
@@ -467,12 +466,12 @@ fn verify_and_commit(name: &str, part: &Path, dest: &Path, expected: &Expected) 
             length: expected.length,
         });
     }
-    let actual: [u8; 32] = hasher.finalize().into();
-    if actual != expected.sha256 {
+    if let Err(mismatch) = expected.digests.check_hasher(hasher) {
         return Err(discard(DownloadError::DigestMismatch {
             name: name.to_owned(),
-            expected: hex::encode(expected.sha256),
-            actual: hex::encode(actual),
+            algorithm: mismatch.algorithm.name(),
+            expected: mismatch.expected,
+            actual: mismatch.actual,
         }));
     }
     file.sync_all().map_err(io("fsync", part))?;

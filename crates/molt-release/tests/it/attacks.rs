@@ -1,8 +1,10 @@
-//! The attack matrix: every attack from issue 4 must fail with its typed
-//! error and leave the device's trusted metadata and slots byte-identical,
-//! with nothing staged.
+//! The attack matrix: every attack from issue 4 (categories 1-13) and the
+//! delegation and timestamp attacks of issue 14 (14-17) must fail with its
+//! typed error and leave the device's trusted metadata and slots
+//! byte-identical, with nothing staged; or, where TUF says to ignore what
+//! the attacker signed (a stray target), the legitimate update installs.
 //!
-//! tough judges expiry against the system clock, so expired metadata is
+//! Expiry is judged against the system clock, so expired metadata is
 //! signed with an expiry at a fixed instant in the past (2001-01-01).
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,10 +18,12 @@ use molt_release::keys::Role;
 use molt_release::metadata;
 use molt_release::release_set::{self, Part, PolicyModule, ReleaseSet};
 use molt_release::repo::{Expiry, consistent_target_path};
+use molt_release::tuf::TufError;
 use sha2::{Digest as _, Sha256};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::{Hashes, KeyHolder, Metafile, Root, Snapshot, Target, Targets, Timestamp};
 
+use crate::graph::{self, Graph, delegate, module_target, role};
 use crate::server::{Mode, TestServer};
 use crate::world::{CLASS, World, test_limits};
 
@@ -213,175 +217,231 @@ fn role_is(role: &str, expected: &str) -> bool {
 
 type Check = fn(&UpdateError) -> bool;
 
-/// One attack: its category (1-13 in issue 4), its name, and the error it
-/// must produce.
+/// What an attack must come to.
+enum Expect {
+    /// Refused with this error, the device unchanged.
+    Refused(Check),
+    /// Defused: what the attacker signed is ignored and the legitimate
+    /// update installs.
+    Installs,
+}
+
+/// One attack: its category (1-13 in issue 4, 14-17 in issue 14), its name,
+/// and what it must come to.
 struct Case {
     category: u8,
     name: &'static str,
-    expect: Check,
+    expect: Expect,
 }
 
 const CASES: &[Case] = &[
     Case {
         category: 1,
         name: "unsigned timestamp",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 0, .. } if role_is(role, "timestamp")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 0, .. }) if role_is(role, "timestamp")),
+        ),
     },
     Case {
         category: 1,
         name: "root below threshold",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 1, threshold: 2 } if role_is(role, "root")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 1, threshold: 2 }) if role_is(role, "root")),
+        ),
     },
     Case {
         category: 2,
         name: "duplicate root signatures",
-        expect: |e| matches!(e, UpdateError::DuplicateSignature { role, .. } if role_is(role, "root")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::DuplicateSignature { role, .. }) if role_is(role, "root")),
+        ),
     },
     Case {
         category: 3,
         name: "rotated-out timestamp key",
-        expect: |e| matches!(e, UpdateError::BelowThreshold { role, valid: 0, .. } if role_is(role, "timestamp")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::BelowThreshold { role, valid: 0, .. }) if role_is(role, "timestamp")),
+        ),
     },
     Case {
         category: 4,
         name: "expired root",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "root")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "root")),
+        ),
     },
     Case {
         category: 4,
         name: "expired timestamp",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "timestamp")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "timestamp")),
+        ),
     },
     Case {
         category: 4,
         name: "expired snapshot",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "snapshot")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "snapshot")),
+        ),
     },
     Case {
         category: 4,
         name: "expired targets",
-        expect: |e| matches!(e, UpdateError::Expired { role } if role_is(role, "targets")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Expired { role, .. }) if role_is(role, "targets")),
+        ),
     },
     Case {
         category: 5,
         name: "root rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, trusted: 2, offered: 1 } if role_is(role, "root")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, trusted: 2, offered: 1 }) if role_is(role, "root")),
+        ),
     },
     Case {
         category: 5,
         name: "timestamp rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "timestamp")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "timestamp")),
+        ),
     },
     Case {
         category: 5,
         name: "snapshot rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "snapshot")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "snapshot")),
+        ),
     },
     Case {
         category: 5,
         name: "targets rollback",
-        expect: |e| matches!(e, UpdateError::Rollback { role, .. } if role_is(role, "targets")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::Rollback { role, .. }) if role_is(role, "targets")),
+        ),
     },
     Case {
         category: 6,
         name: "non-consecutive root",
-        expect: |e| matches!(e, UpdateError::NonConsecutiveRoot { trusted: 1, offered: 3 }),
+        expect: Expect::Refused(|e| {
+            matches!(
+                e,
+                UpdateError::Tuf(TufError::NonConsecutiveRoot { trusted: 1, offered: 3 })
+            )
+        }),
     },
     Case {
         category: 6,
         name: "too many root rotations",
-        expect: |e| matches!(e, UpdateError::TooManyRootUpdates { limit: 2 }),
+        expect: Expect::Refused(|e| matches!(e, UpdateError::Tuf(TufError::TooManyRootUpdates { limit: 2, .. }))),
     },
     Case {
         category: 7,
         name: "snapshot hash mismatch",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: Expect::Refused(|e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. }))),
     },
     Case {
         category: 7,
         name: "targets hash mismatch",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: Expect::Refused(|e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. }))),
     },
     Case {
         category: 7,
         name: "snapshot version mismatch",
-        expect: |e| matches!(e, UpdateError::VersionMismatch { role, fetched: 99, .. } if role_is(role, "snapshot")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::VersionMismatch { role, fetched: 99, .. }) if role_is(role, "snapshot")),
+        ),
     },
     Case {
         category: 7,
         name: "targets version mismatch",
-        expect: |e| matches!(e, UpdateError::VersionMismatch { role, fetched: 99, .. } if role_is(role, "targets")),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Tuf(TufError::VersionMismatch { role, fetched: 99, .. }) if role_is(role, "targets")),
+        ),
     },
     Case {
         category: 8,
         name: "endless data from a directory",
-        expect: |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooLong { .. })),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooLong { .. })),
+        ),
     },
     Case {
         category: 8,
         name: "endless data over HTTP",
-        expect: |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooLong { .. })),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooLong { .. })),
+        ),
     },
     Case {
         category: 8,
         name: "stalled server (slow retrieval)",
-        expect: |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooSlow { .. })),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::TooSlow { .. })),
+        ),
     },
     Case {
         category: 8,
         name: "oversized timestamp",
-        expect: |e| {
+        expect: Expect::Refused(|e| {
             matches!(
                 e,
-                UpdateError::LimitExceeded {
+                UpdateError::Tuf(TufError::LimitExceeded {
                     limit: "timestamp_bytes_max",
                     ..
-                }
+                })
             )
-        },
+        }),
     },
     Case {
         category: 8,
         name: "oversized root",
-        expect: |e| {
+        expect: Expect::Refused(|e| {
             matches!(
                 e,
-                UpdateError::LimitExceeded {
+                UpdateError::Tuf(TufError::LimitExceeded {
                     limit: "root_bytes_max",
                     ..
-                }
+                })
             )
-        },
+        }),
     },
     Case {
         category: 9,
         name: "snapshot from an earlier publication",
-        expect: |e| matches!(e, UpdateError::HashMismatch { .. }),
+        expect: Expect::Refused(|e| matches!(e, UpdateError::Tuf(TufError::HashMismatch { .. }))),
     },
     Case {
         category: 9,
         name: "release set from another publication",
-        expect: |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::DigestMismatch { .. } | DownloadError::TooLong { .. } | DownloadError::TooShort { .. })),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::DigestMismatch { .. } | DownloadError::TooLong { .. } | DownloadError::TooShort { .. })),
+        ),
     },
     Case {
         category: 10,
         name: "partial release set",
-        expect: |e| matches!(e, UpdateError::PartMissing { field, .. } if field == "policies.ghost.module"),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::PartMissing { field, .. } if field == "policies.ghost.module"),
+        ),
     },
     Case {
         category: 10,
         name: "mixed release set",
-        expect: |e| matches!(e, UpdateError::PartMismatch { field, .. } if field == "policies.threshold.module"),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::PartMismatch { field, .. } if field == "policies.threshold.module"),
+        ),
     },
     Case {
         category: 11,
         name: "wrong hardware class",
-        expect: |e| matches!(e, UpdateError::WrongHardwareClass { hardware_class, .. } if hardware_class == "gw-arm"),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::WrongHardwareClass { hardware_class, .. } if hardware_class == "gw-arm"),
+        ),
     },
     Case {
         category: 12,
         name: "release version below installed",
-        expect: |e| {
+        expect: Expect::Refused(|e| {
             matches!(
                 e,
                 UpdateError::ReleaseDowngrade {
@@ -389,12 +449,12 @@ const CASES: &[Case] = &[
                     installed: 5
                 }
             )
-        },
+        }),
     },
     Case {
         category: 12,
         name: "security counter below installed",
-        expect: |e| {
+        expect: Expect::Refused(|e| {
             matches!(
                 e,
                 UpdateError::SecurityCounterRollback {
@@ -403,17 +463,61 @@ const CASES: &[Case] = &[
                     ..
                 }
             )
-        },
+        }),
     },
     Case {
         category: 12,
         name: "agent below committed version",
-        expect: |e| matches!(e, UpdateError::Engine(molt_core::Error::VersionRollback { .. })),
+        expect: Expect::Refused(|e| matches!(e, UpdateError::Engine(molt_core::Error::VersionRollback { .. }))),
     },
     Case {
         category: 13,
         name: "module digest does not match",
-        expect: |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::DigestMismatch { .. })),
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::Download { source, .. } if matches!(source.last_attempt(), DownloadError::DigestMismatch { .. })),
+        ),
+    },
+    Case {
+        category: 14,
+        name: "delegated role signs a target outside its paths",
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::PartMissing { field, .. } if field == "policies.deadband.module"),
+        ),
+    },
+    Case {
+        category: 14,
+        name: "delegated wildcard would cross /",
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::PartMissing { field, .. } if field == "policies.threshold.module"),
+        ),
+    },
+    Case {
+        category: 15,
+        name: "same-version timestamp with new content",
+        expect: Expect::Refused(|e| matches!(e, UpdateError::TimestampEquivocation { .. })),
+    },
+    Case {
+        category: 16,
+        name: "delegated role lists a stray target",
+        expect: Expect::Installs,
+    },
+    Case {
+        category: 17,
+        name: "delegation cycle",
+        expect: Expect::Refused(
+            |e| matches!(e, UpdateError::PartMissing { field, .. } if field == "policies.threshold.module"),
+        ),
+    },
+    Case {
+        category: 17,
+        name: "over-deep delegation graph",
+        expect: Expect::Refused(|e| {
+            matches!(
+                e,
+                UpdateError::PartLookup { source, .. }
+                    if matches!(**source, TufError::DelegatedRolesExceeded { limit: 32, .. })
+            )
+        }),
     },
 ];
 
@@ -521,13 +625,21 @@ async fn run(name: &str) -> (Result<Option<molt_core::ImageInfo>, UpdateError>, 
                 .expect("refresh");
             limits.root_updates_max = 2;
         }
+        // The tampered file is one the device has not trusted yet: a device
+        // does not fetch again the snapshot or targets it already holds.
         "snapshot hash mismatch" => {
+            world
+                .repo
+                .refresh(&world.keys, &Expiry::default())
+                .await
+                .expect("refresh");
             let (_, snapshot_version, _) = versions(&world);
             edit_file(&world.meta().join(format!("{snapshot_version}.snapshot.json")), |b| {
                 flip_whitespace(b)
             });
         }
         "targets hash mismatch" => {
+            world.release(2, 2, "1.1.0", &[("threshold", "1.0.0")]).await;
             let (_, _, targets_version) = versions(&world);
             edit_file(&world.meta().join(format!("{targets_version}.targets.json")), |b| {
                 flip_whitespace(b)
@@ -671,6 +783,139 @@ async fn run(name: &str) -> (Result<Option<molt_core::ImageInfo>, UpdateError>, 
                 .await;
             edit_file(&module_path(&world, &set, "threshold"), |bytes| bytes[0] ^= 0xff);
         }
+        "delegated role signs a target outside its paths" => {
+            // The threshold team's key signs a deadband module.
+            let evil = b"\0asm deadband built by the threshold team".to_vec();
+            let (_, set) = graph::release_set(&world, 2, &[("deadband", "2.0.0", &evil)]);
+            graph::publish(
+                &world,
+                &Graph {
+                    top_targets: vec![set],
+                    top_delegations: vec![delegate("team-threshold", &["policies/threshold/*"])],
+                    roles: vec![role(
+                        "team-threshold",
+                        &[(&module_target("deadband", "2.0.0"), &evil)],
+                        vec![],
+                    )],
+                },
+            );
+        }
+        "delegated wildcard would cross /" => {
+            // Trusted for `policies/*` (files directly under policies/), the
+            // role signs a module one directory further down.
+            let module = b"\0asm threshold 2.0.0 from a role trusted for policies/*".to_vec();
+            let (_, set) = graph::release_set(&world, 2, &[("threshold", "2.0.0", &module)]);
+            graph::publish(
+                &world,
+                &Graph {
+                    top_targets: vec![set],
+                    top_delegations: vec![delegate("policies-flat", &["policies/*"])],
+                    roles: vec![role(
+                        "policies-flat",
+                        &[(&module_target("threshold", "2.0.0"), &module)],
+                        vec![],
+                    )],
+                },
+            );
+        }
+        "same-version timestamp with new content" => {
+            // Signed with the timestamp key: the trusted version again, with
+            // another expiry.
+            let (timestamp_version, snapshot_version, _) = versions(&world);
+            let snapshot =
+                std::fs::read(world.meta().join(format!("{snapshot_version}.snapshot.json"))).expect("snapshot");
+            let expires = metadata::expires_in(Duration::from_secs(3 * 24 * 3600)).expect("expiry");
+            let mut timestamp = Timestamp::new("1.0.0".to_owned(), nz(timestamp_version), expires);
+            timestamp
+                .meta
+                .insert("snapshot.json".to_owned(), metafile(&snapshot, snapshot_version));
+            world.write_signed("timestamp.json", timestamp, &world.signers(Role::Timestamp));
+        }
+        "delegated role lists a stray target" => {
+            // Each team signs its own module; the threshold team also lists
+            // a deadband module of its own under the same name. It is not
+            // trusted for that path, so the search never asks it.
+            let threshold = b"\0asm threshold 2.0.0 by the threshold team".to_vec();
+            let deadband = b"\0asm deadband 2.0.0 by the deadband team".to_vec();
+            let stray = b"\0asm deadband 2.0.0 by the threshold team".to_vec();
+            let (_, set) = graph::release_set(
+                &world,
+                2,
+                &[("threshold", "2.0.0", &threshold), ("deadband", "2.0.0", &deadband)],
+            );
+            graph::publish(
+                &world,
+                &Graph {
+                    top_targets: vec![set],
+                    top_delegations: vec![
+                        delegate("team-threshold", &["policies/threshold/*"]),
+                        delegate("team-deadband", &["policies/deadband/*"]),
+                    ],
+                    roles: vec![
+                        role(
+                            "team-threshold",
+                            &[
+                                (&module_target("threshold", "2.0.0"), &threshold),
+                                (&module_target("deadband", "2.0.0"), &stray),
+                            ],
+                            vec![],
+                        ),
+                        role(
+                            "team-deadband",
+                            &[(&module_target("deadband", "2.0.0"), &deadband)],
+                            vec![],
+                        ),
+                    ],
+                },
+            );
+        }
+        "delegation cycle" => {
+            // targets -> team-a -> team-b -> team-a: the search must end.
+            let module = b"\0asm threshold 2.0.0".to_vec();
+            let (_, set) = graph::release_set(&world, 2, &[("threshold", "2.0.0", &module)]);
+            graph::publish(
+                &world,
+                &Graph {
+                    top_targets: vec![set],
+                    top_delegations: vec![delegate("team-a", &["policies/threshold/*"])],
+                    roles: vec![
+                        role("team-a", &[], vec![delegate("team-b", &["policies/*/*"])]),
+                        role("team-b", &[], vec![delegate("team-a", &["policies/threshold/*"])]),
+                    ],
+                },
+            );
+        }
+        "over-deep delegation graph" => {
+            // A chain of 40 roles; only the last lists the module.
+            let module = b"\0asm threshold 2.0.0".to_vec();
+            let (_, set) = graph::release_set(&world, 2, &[("threshold", "2.0.0", &module)]);
+            let depth = 40;
+            let roles = (0..depth)
+                .map(|idx| {
+                    if idx + 1 == depth {
+                        role(
+                            &format!("link-{idx}"),
+                            &[(&module_target("threshold", "2.0.0"), &module)],
+                            vec![],
+                        )
+                    } else {
+                        role(
+                            &format!("link-{idx}"),
+                            &[],
+                            vec![delegate(&format!("link-{}", idx + 1), &["policies/threshold/*"])],
+                        )
+                    }
+                })
+                .collect();
+            graph::publish(
+                &world,
+                &Graph {
+                    top_targets: vec![set],
+                    top_delegations: vec![delegate("link-0", &["policies/threshold/*"])],
+                    roles,
+                },
+            );
+        }
         other => panic!("no setup for attack {other:?}"),
     }
     let before = world.device_state();
@@ -684,31 +929,40 @@ async fn run(name: &str) -> (Result<Option<molt_core::ImageInfo>, UpdateError>, 
 async fn attack_matrix() {
     let mut attacks = 0;
     let mut rejected = 0;
+    let mut defused = 0;
     let mut unchanged_count = 0;
     let mut failures = Vec::new();
     for case in CASES {
         attacks += 1;
         let (result, unchanged) = run(case.name).await;
-        match &result {
-            Err(error) if (case.expect)(error) => rejected += 1,
-            other => failures.push(format!(
+        match (&case.expect, &result) {
+            (Expect::Refused(check), Err(error)) if check(error) => {
+                rejected += 1;
+                if unchanged {
+                    unchanged_count += 1;
+                } else {
+                    failures.push(format!(
+                        "attack {} ({}): device state changed",
+                        case.category, case.name
+                    ));
+                }
+            }
+            (Expect::Installs, Ok(Some(_))) => defused += 1,
+            (_, other) => failures.push(format!(
                 "attack {} ({}): unexpected result {other:?}",
                 case.category, case.name
             )),
         }
-        if unchanged {
-            unchanged_count += 1;
-        } else {
-            failures.push(format!(
-                "attack {} ({}): device state changed",
-                case.category, case.name
-            ));
-        }
     }
     let categories: std::collections::BTreeSet<u8> = CASES.iter().map(|case| case.category).collect();
-    assert_eq!(categories.len(), 13, "every attack category of issue 4 has a case");
-    let line =
-        format!("attack-matrix: attacks={attacks} rejected={rejected} trusted-state-unchanged={unchanged_count}\n");
+    assert_eq!(
+        categories.len(),
+        17,
+        "every attack category of issues 4 and 14 has a case"
+    );
+    let line = format!(
+        "attack-matrix: attacks={attacks} rejected={rejected} defused={defused} trusted-state-unchanged={unchanged_count}\n"
+    );
     std::io::stderr().write_all(line.as_bytes()).expect("stderr");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

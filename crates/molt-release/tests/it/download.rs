@@ -32,10 +32,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn expected_for(bytes: &[u8]) -> Expected {
-    Expected {
-        length: bytes.len() as u64,
-        sha256: sha256(bytes),
-    }
+    Expected::sha256(bytes.len() as u64, sha256(bytes))
 }
 
 /// Tight limits: a 64 KiB/s floor judged every 300 ms, quick backoff.
@@ -351,10 +348,7 @@ async fn endless_data_is_cut_off_at_the_metadata_length() {
 #[tokio::test]
 async fn content_length_over_the_metadata_length_is_refused_before_the_body() {
     let fixture = Fixture::new(200_000, Mode::Normal).await;
-    let listed = Expected {
-        length: 150_000,
-        sha256: sha256(&fixture.content[..150_000]),
-    };
+    let listed = Expected::sha256(150_000, sha256(&fixture.content[..150_000]));
     let error = fixture
         .download(
             &fixture.url_source(),
@@ -566,10 +560,7 @@ async fn cancel_stops_a_transfer_and_keeps_the_part_for_resume() {
 #[tokio::test]
 async fn digest_mismatch_deletes_the_part_file() {
     let fixture = Fixture::new(100_000, Mode::Normal).await;
-    let wrong = Expected {
-        length: 100_000,
-        sha256: sha256(b"something else"),
-    };
+    let wrong = Expected::sha256(100_000, sha256(b"something else"));
     let error = fixture
         .download(
             &fixture.url_source(),
@@ -608,10 +599,7 @@ async fn dir_source_copies_and_verifies() {
 #[tokio::test]
 async fn dir_source_target_longer_than_listed_is_refused() {
     let fixture = Fixture::new(3 << 20, Mode::Normal).await;
-    let listed = Expected {
-        length: 1 << 20,
-        sha256: sha256(&fixture.content[..1 << 20]),
-    };
+    let listed = Expected::sha256(1 << 20, sha256(&fixture.content[..1 << 20]));
     let recorder = Recorder::default();
     let error = fixture
         .download(

@@ -142,7 +142,13 @@ async fn client_init_refuses_a_root_that_does_not_verify() {
     root.signatures.clear();
     let bytes = serde_json::to_vec(&root).expect("encode");
     let error = Client::init(&world.path("other"), &bytes, CLASS, test_limits()).expect_err("unsigned root");
-    assert!(matches!(error, UpdateError::BadTrustedRoot { .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            UpdateError::Tuf(molt_release::tuf::TufError::BadTrustedRoot { .. })
+        ),
+        "{error}"
+    );
     let error = Client::init(
         &world.trusted(),
         &world.keys.root_json().expect("root"),

@@ -3,5 +3,7 @@
 mod attacks;
 mod download;
 mod flows;
+mod graph;
 mod server;
+mod tuf;
 mod world;
