@@ -21,7 +21,10 @@
 //! again, it is handed back in [`BatchOutcome::unprocessed`] (nothing is
 //! lost), and after [`SwapConfig::failures_max`] failures within
 //! [`SwapConfig::failure_window_batches`] the deployment reverts to the
-//! previous committed version, if it still has one.
+//! previous committed version, if it still has one. That version takes over
+//! at the failing version's state after its last good batch: from the
+//! recovered failing version if it can still be snapshotted, otherwise from
+//! its last checkpoint with the batches since replayed silently.
 
 use std::time::{Duration, Instant};
 
@@ -549,35 +552,57 @@ impl Deployment {
 
     /// After too many failures, go back to the previous committed version,
     /// carrying the current state over. True if it took over.
+    ///
+    /// The previous version takes over at the failing version's state after
+    /// its last good batch: taken from a recovered instance when the failing
+    /// version can be recovered and snapshotted, and otherwise rebuilt from
+    /// the failing version's last checkpoint by replaying the batches it
+    /// processed since (their actions were already delivered, so the replay
+    /// is silent). A replayed batch the previous version cannot process is
+    /// left out of its state and reported as [`SwapEvent::Recovered`].
     fn revert_to_previous(&mut self, events: &mut Vec<SwapEvent>) -> bool {
         let Some(previous) = self.previous.take() else {
             return false;
         };
-        // The failing version's state, as of its last good batch.
-        let state = match self
+        let recovered = self
             .active
             .recover()
-            .and_then(|()| self.active.instance.snapshot().map_err(Failure::from))
-        {
-            Ok(state) => state,
-            Err(_) => self.active.checkpoint.clone(),
+            .and_then(|()| self.active.instance.snapshot().map_err(Failure::from));
+        let (state, since_checkpoint) = match recovered {
+            Ok(state) => (state, Vec::new()),
+            Err(_) => (self.active.checkpoint.clone(), self.active.since_checkpoint.clone()),
         };
-        match Running::resume(previous, &state) {
-            Ok(running) => {
-                let failed = std::mem::replace(&mut self.active, running);
-                self.stats.reverts += 1;
-                self.failures.clear();
-                events.push(SwapEvent::Reverted {
-                    from: failed.version.id,
-                    to: self.active.version.id.clone(),
-                    error: Failure::TooManyFailures {
-                        failures: self.config.failures_max,
-                        window_batches: self.config.failure_window_batches,
-                    },
-                });
-                true
+        let mut running = match Running::resume(previous, &state) {
+            Ok(running) => running,
+            Err(_) => return false,
+        };
+        let interval = self.config.checkpoint_interval_batches;
+        for batch in since_checkpoint {
+            match replay(&mut running.instance, &batch) {
+                Ok(()) => running.note_processed(batch, interval),
+                Err(error) => {
+                    events.push(SwapEvent::Recovered {
+                        version: running.version.id.clone(),
+                        error: error.into(),
+                    });
+                    self.stats.recoveries += 1;
+                    if running.recover().is_err() {
+                        return false;
+                    }
+                }
             }
-            Err(_) => false,
         }
+        let failed = std::mem::replace(&mut self.active, running);
+        self.stats.reverts += 1;
+        self.failures.clear();
+        events.push(SwapEvent::Reverted {
+            from: failed.version.id,
+            to: self.active.version.id.clone(),
+            error: Failure::TooManyFailures {
+                failures: self.config.failures_max,
+                window_batches: self.config.failure_window_batches,
+            },
+        });
+        true
     }
 }

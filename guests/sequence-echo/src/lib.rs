@@ -7,14 +7,15 @@
 //! Config:
 //! - `tag` (text, required): the metric of every action, e.g. the version's name;
 //! - `trap_when_sequence_mod` and `trap_when_sequence_rem` (integers, both or neither): trap (panic) on a reading whose `sequence % mod == rem`;
-//! - `error_when_sequence_mod` and `error_when_sequence_rem` (integers, both or neither): fail the batch with `failed` on a reading whose `sequence % mod == rem`.
+//! - `error_when_sequence_mod` and `error_when_sequence_rem` (integers, both or neither): fail the batch with `failed` on a reading whose `sequence % mod == rem`;
+//! - `trap_in_snapshot_after_sequence` (integer): `snapshot` traps once the last sequence processed is at least this, a version whose state can no longer be saved.
 //!
 //! The trap is checked before the error.
 
 use molt_policy_sdk::{Action, Config, Policy, PolicyError, Reading, Telemetry, config_error};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct SequenceEcho {
     #[serde(skip)]
     settings: Settings,
@@ -27,6 +28,29 @@ struct Settings {
     tag: String,
     trap_when: Option<Residue>,
     error_when: Option<Residue>,
+    trap_in_snapshot_after: Option<u64>,
+}
+
+/// The saved state: the fields of [`SequenceEcho`] that are not settings.
+#[derive(Serialize)]
+struct Saved {
+    n_readings: u64,
+    last_sequence: Option<u64>,
+}
+
+impl Serialize for SequenceEcho {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let (Some(after), Some(last)) = (self.settings.trap_in_snapshot_after, self.last_sequence)
+            && last >= after
+        {
+            panic!("snapshot trap requested after sequence {after} (last {last})");
+        }
+        Saved {
+            n_readings: self.n_readings,
+            last_sequence: self.last_sequence,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Sequence numbers `s` with `s % modulus == remainder`.
@@ -62,11 +86,13 @@ impl Settings {
             "trap_when_sequence_rem",
             "error_when_sequence_mod",
             "error_when_sequence_rem",
+            "trap_in_snapshot_after_sequence",
         ])?;
         Ok(Settings {
             tag: config.require_str("tag")?.to_owned(),
             trap_when: Residue::from_config(config, "trap_when_sequence")?,
             error_when: Residue::from_config(config, "error_when_sequence")?,
+            trap_in_snapshot_after: config.get_u64("trap_in_snapshot_after_sequence")?,
         })
     }
 }

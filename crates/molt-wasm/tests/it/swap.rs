@@ -233,6 +233,105 @@ fn a_committed_version_that_keeps_trapping_is_recovered_then_reverted() {
     );
 }
 
+/// A failing committed version whose state can no longer be snapshotted is
+/// replaced by the previous version at the failing version's last
+/// checkpoint, and the batches it processed since are replayed into the
+/// previous version silently: its state afterwards is that of one instance
+/// that processed every delivered batch, and nothing is delivered twice.
+#[test]
+fn a_revert_to_the_previous_version_replays_the_batches_since_the_last_checkpoint() {
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let module = runtime.compile(molt_guests::SEQUENCE_ECHO).unwrap();
+    let config = SwapConfig {
+        trial_batches: 2,
+        failures_max: 1,
+        failure_window_batches: 100,
+        checkpoint_interval_batches: 4,
+        ..SwapConfig::default()
+    };
+    let tagged = |tag: &str, extra: &[(&str, &str)]| PolicyVersion {
+        id: tag.to_string(),
+        module: module.clone(),
+        config: std::iter::once(("tag", tag))
+            .chain(extra.iter().copied())
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    };
+    let batch_of = |batch_idx: u64| -> Vec<Reading> {
+        (batch_idx * 10..batch_idx * 10 + 10)
+            .map(|sequence| Reading {
+                sequence,
+                sensor: 1,
+                timestamp_ms: sequence,
+                value: 0.0,
+            })
+            .collect()
+    };
+    let mut deployment = Deployment::start(tagged("v1", &[]), config.clone()).unwrap();
+    // v2 takes over at batch 1 and is committed after batch 2. Its
+    // checkpoints after batches 4 and 8 succeed; from batch 12 on (sequence
+    // 129) its snapshot traps, so its last checkpoint stays after batch 8.
+    // On batch 13 it traps (sequence 135), is recovered and traps again,
+    // and cannot be snapshotted: v1 takes over from the checkpoint after
+    // batch 8 and must replay batches 9 to 12 before it serves batch 13.
+    deployment
+        .stage(tagged(
+            "v2",
+            &[
+                ("trap_when_sequence_mod", "1000"),
+                ("trap_when_sequence_rem", "135"),
+                ("trap_in_snapshot_after_sequence", "100"),
+            ],
+        ))
+        .unwrap();
+    let mut delivered = Vec::new();
+    let mut reverted_at = None;
+    for batch_idx in 0..20u64 {
+        let outcome = deployment.process(batch_of(batch_idx));
+        assert!(
+            outcome.unprocessed.is_none(),
+            "batch {batch_idx}: {:?}",
+            outcome.unprocessed
+        );
+        if outcome
+            .events
+            .iter()
+            .any(|event| matches!(event, SwapEvent::Reverted { .. }))
+        {
+            reverted_at.get_or_insert(batch_idx);
+        }
+        for action in &outcome.actions {
+            let Action::Telemetry(telemetry) = action else {
+                panic!("{action:?}")
+            };
+            assert_eq!(telemetry.metric, outcome.served_by);
+            delivered.push((telemetry.value as u64, outcome.served_by.clone()));
+        }
+    }
+    assert_eq!(reverted_at, Some(13));
+    assert_eq!(deployment.active_version(), "v1");
+    let sequences: Vec<u64> = delivered.iter().map(|(sequence, _)| *sequence).collect();
+    assert_eq!(
+        sequences,
+        (0..200).collect::<Vec<u64>>(),
+        "every reading delivered once, in order"
+    );
+    assert!(delivered[..130].iter().skip(10).all(|(_, by)| by == "v2"));
+    assert!(delivered[130..].iter().all(|(_, by)| by == "v1"));
+
+    // The state is that of one v1 instance that processed all 20 batches;
+    // without the replay it would be missing batches 9 to 12.
+    let mut reference = Deployment::start(tagged("v1", &[]), config).unwrap();
+    for batch_idx in 0..20u64 {
+        assert!(reference.process(batch_of(batch_idx)).unprocessed.is_none());
+    }
+    assert_eq!(
+        deployment.snapshot().unwrap().cid(),
+        reference.snapshot().unwrap().cid(),
+        "the previous version's state carries the batches since the checkpoint"
+    );
+}
+
 /// A swap from `.wasm` can take over with Winch-compiled code, which is
 /// ready sooner, and swap again to the Cranelift build of the same policy
 /// once that is compiled (a tier-up). Across both swaps the actions and the
