@@ -1,0 +1,1 @@
+//! The controller on its own: plans, commands, restarts.
