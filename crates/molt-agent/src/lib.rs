@@ -59,6 +59,9 @@ pub mod agent_slots;
 mod config;
 mod device;
 mod error;
+pub mod log;
+pub mod outbox;
+pub mod pipeline;
 mod record;
 
 pub use crate::agent_slots::{AGENT_IMAGE_NAME, AgentInstall, Health};
@@ -67,5 +70,7 @@ pub use crate::device::{AgentEngine, Device, InstallReport, Prepared, Processed,
 pub use crate::error::DeviceError;
 pub use crate::record::{Installed, PolicyRecord};
 
+#[cfg(test)]
+mod durable_tests;
 #[cfg(test)]
 mod tests;
