@@ -299,7 +299,8 @@ pub(crate) fn evaluate(rollout: &Rollout, now: Millis) -> Decision {
             let ratio = if control.rate() > 0.0 {
                 updated.rate() / control.rate()
             } else if updated.rate() > 0.0 {
-                f64::INFINITY
+                // Infinite, but JSON has no infinity: the state must persist.
+                f64::MAX
             } else {
                 1.0
             };

@@ -79,16 +79,38 @@ pub(crate) fn assign_waves(plan: &PlanSpec, cumulative: &[u64], entries: &[(u32,
     }
     for members in by_stratum.values_mut() {
         members.sort_unstable_by_key(|position| (entries[*position].3, entries[*position].0));
-        let stratum_size = members.len() as u64;
-        let mut start = 0usize;
-        for (wave, cumulative_size) in cumulative.iter().enumerate() {
-            // Proportional share of the cumulative size, rounded up so that
-            // every stratum is in the canary.
-            let end = (cumulative_size * stratum_size).div_ceil(total).min(stratum_size) as usize;
-            for position in &members[start.min(end)..end] {
+    }
+    let strata: Vec<&Vec<usize>> = by_stratum.values().collect();
+    let mut ends = vec![0usize; strata.len()];
+    for (wave, cumulative_size) in cumulative.iter().enumerate() {
+        // Each stratum's proportional share of the cumulative size, by the
+        // largest-remainder method, so the shares add up to it exactly.
+        let quotas: Vec<(u64, u64)> = strata
+            .iter()
+            .map(|members| {
+                let product = cumulative_size * members.len() as u64;
+                (product / total, product % total)
+            })
+            .collect();
+        let mut shares: Vec<u64> = quotas.iter().map(|quota| quota.0).collect();
+        let mut left = cumulative_size - shares.iter().sum::<u64>();
+        let mut by_remainder: Vec<usize> = (0..strata.len()).collect();
+        by_remainder.sort_by_key(|stratum| (std::cmp::Reverse(quotas[*stratum].1), *stratum));
+        for stratum in by_remainder {
+            if left == 0 {
+                break;
+            }
+            if shares[stratum] < strata[stratum].len() as u64 {
+                shares[stratum] += 1;
+                left -= 1;
+            }
+        }
+        for (stratum, members) in strata.iter().enumerate() {
+            let end = (shares[stratum] as usize).clamp(ends[stratum], members.len());
+            for position in &members[ends[stratum]..end] {
                 waves[*position] = wave as u16;
             }
-            start = start.max(end);
+            ends[stratum] = end;
         }
     }
     // The canary's per-class minimum.
