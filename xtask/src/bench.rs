@@ -49,6 +49,10 @@ const SUITES: &[Suite] = &[
         package: "molt-release",
         bench: "download",
     },
+    Suite {
+        package: "molt-rollout",
+        bench: "rollout",
+    },
 ];
 
 /// Where a figure's value comes from.
@@ -355,6 +359,34 @@ const FIGURES: &[Figure] = &[
             elements: 64.0 * 1024.0 * 1024.0,
             unit: RateUnit::MibPerSecond,
         }),
+    },    Figure {
+        section: "molt-rollout: rollout controller and fleet simulator",
+        what: "One wave decision at 320,000 devices (every gate, whole group and each of 4 classes)",
+        value: Source::Time {
+            id: "rollout_decision/look_320k",
+            per: 1.0,
+        },
+        target: Target::TimeAtMost(1e9),
+        baseline: None,
+    },
+    Figure {
+        section: "molt-rollout: rollout controller and fleet simulator",
+        what: "Controller memory, one rollout of 320,000 devices (resident growth while planning it)",
+        value: Source::Memory {
+            key: "rollout_controller_320k",
+        },
+        target: Target::None,
+        baseline: None,
+    },
+    Figure {
+        section: "molt-rollout: rollout controller and fleet simulator",
+        what: "Scenario 1 in the simulator, 320,000 devices, about 8.5 simulated hours, end to end",
+        value: Source::Time {
+            id: "rollout_sim/healthy_320k",
+            per: 1.0,
+        },
+        target: Target::None,
+        baseline: None,
     },
 ];
 
