@@ -11,7 +11,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, command_exists, run, workspace_root};
+use crate::setup::command_exists;
+use crate::{cargo, run, workspace_root};
 
 /// The suite commit the README's count was measured at.
 pub(crate) const SUITE_COMMIT: &str = "eec841c186f81f2d9d8d30460c7e7deefa615f9e";

@@ -1,11 +1,12 @@
 //! Project automation, so that CI and a person run the same thing.
 //!
 //! ```text
+//! cargo xtask demo        install what the build needs (deps), then `molt demo` (the README's first command)
 //! cargo xtask crash-sim   run the power-cut simulator (release build)
 //! cargo xtask test        the whole test suite (the README's test command)
 //! cargo xtask check       format, clippy, docs, no_std build, fuzz compile check
 //! cargo xtask ci          `test`, then `check`: what .ci/run does
-//! cargo xtask deps        install the Debian packages the build needs (clang, lld) if missing
+//! cargo xtask deps        install what the build and tests need if missing: targets, clang, lld, Zig
 //! cargo xtask bench       run every benchmark and rewrite docs/benchmarks.md
 //! cargo xtask conformance run the tuf-conformance suite (a checkout given) against molt tuf-client
 //! ```
@@ -17,11 +18,16 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod conformance;
+mod setup;
 
 const HELP: &str = "\
 cargo xtask <task>
 
 Tasks:
+  demo [-- <molt demo arguments>]
+              The README's first command: installs what the build needs (the Rust targets
+              rust-toolchain.toml lists, clang and lld), then runs `molt demo` from a release
+              build (cargo run --release -p molt-cli -- demo).
   crash-sim   Run the power-cut simulator in release mode and print its report line.
               MOLT_CRASH_RUNS=<n> scales it up (default 10000), MOLT_CRASH_SEED=<n>
               picks the seed, MOLT_CRASH_ONLY=<case> replays one failed case.
@@ -29,8 +35,8 @@ Tasks:
               needs (deps), then runs cargo test --workspace and the guest policies'
               native tests.
   check       Format check, clippy with warnings denied (host workspace, and guests for
-              wasm32), docs with warnings denied, the no_std build of molt-core for
-              thumbv7em-none-eabihf, and a compile check of the fuzz targets.
+              wasm32), docs with warnings denied, the no_std build of molt-core and
+              molt-protocol for thumbv7em-none-eabihf, and a compile check of the fuzz targets.
   ci          test, then check: what .ci/run does.
   bench       Run the benchmarks of molt-core, molt-wasm and molt-release (criterion,
               release builds; about 15 minutes on 2 cores) and rewrite docs/benchmarks.md
@@ -44,23 +50,23 @@ Tasks:
               finds pytest (MOLT_CONFORMANCE_PYTEST, SUITE_DIR/../tuf-conformance-env or
               SUITE_DIR/.venv), needs faketime. Not part of `test`: the suite comes from
               GitHub and needs Python.
-  deps        Install the Debian packages the build needs beyond rustup's toolchain,
-              if any is missing: clang and lld, which compile the C guest policies
-              in guests-c/ to WebAssembly. Runs apt-get (with sudo when not root).
+  deps        Install what the build and the tests need beyond rustup's default toolchain,
+              whatever is missing: the targets rust-toolchain.toml lists (rustup target add),
+              clang and lld, which compile the C guest policies in guests-c/ (apt-get, with
+              sudo when not root), and Zig from PyPI's ziglang (pip, in a virtual environment
+              under the target directory), which builds the Zig example policy in guests-zig/.
+              demo, test and ci run it first.
 ";
-
-/// Debian packages the build needs beyond rustup's toolchain, each with the command that shows it is installed.
-/// `crates/molt-guests` compiles `guests-c/` with clang and links it with lld's `wasm-ld`.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("clang", "clang"), ("lld", "wasm-ld")];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let outcome = match task.as_deref() {
         Some("crash-sim") => crash_sim(),
         Some("check") => check(),
-        Some("test") => deps().and_then(|()| test()),
-        Some("ci") => deps().and_then(|()| test()).and_then(|()| check()),
-        Some("deps") => deps(),
+        Some("demo") => setup::build_deps().and_then(|()| demo(&std::env::args().skip(2).collect::<Vec<_>>())),
+        Some("test") => setup::test_deps().and_then(|zig| test(&zig)),
+        Some("ci") => setup::test_deps().and_then(|zig| test(&zig)).and_then(|()| check()),
+        Some("deps") => setup::test_deps().map(|_| ()),
         Some("bench") => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("conformance") => conformance::conformance(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help" | "help") | None => {
@@ -120,83 +126,22 @@ fn crash_sim() -> Result<()> {
     )
 }
 
-fn deps() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .filter(|(_, command)| !command_exists(command))
-        .map(|(package, _)| *package)
-        .collect();
-    if missing.is_empty() {
-        eprintln!("xtask: deps: all installed ({})", installed_commands());
-        return Ok(());
-    }
-    if !command_exists("apt-get") {
-        bail!(
-            "missing {}, and this is not a Debian-like system with apt-get: install them with your package manager",
-            missing.join(", ")
-        );
-    }
-    let apt_get = || {
-        // Not root (a developer's machine): ask sudo; CI runs as root.
-        let mut command = if is_root() {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.arg("apt-get");
-            sudo
-        };
-        command.env("DEBIAN_FRONTEND", "noninteractive");
-        command
-    };
-    run("apt-get update", apt_get().arg("update"))?;
+/// `molt demo` in a release build, with `args` passed on.
+fn demo(args: &[String]) -> Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
     run(
-        &format!("apt-get install {}", missing.join(" ")),
-        apt_get()
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
+        "cargo run --release -p molt-cli -- demo",
+        cargo()
+            .args(["run", "--release", "-p", "molt-cli", "--", "demo"])
+            .args(args),
+    )
+}
+
+fn test(zig: &Path) -> Result<()> {
+    run(
+        "cargo test --workspace",
+        cargo().args(["test", "--workspace"]).env("MOLT_ZIG", zig),
     )?;
-    let still_missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .filter(|(_, command)| !command_exists(command))
-        .map(|(_, command)| *command)
-        .collect();
-    if !still_missing.is_empty() {
-        bail!(
-            "installed {} but still cannot find {} on PATH",
-            missing.join(", "),
-            still_missing.join(", ")
-        );
-    }
-    eprintln!("xtask: deps: all installed ({})", installed_commands());
-    Ok(())
-}
-
-fn installed_commands() -> String {
-    DEBIAN_PACKAGES
-        .iter()
-        .map(|(_, command)| *command)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `command -v`, as the shell finds commands.
-fn command_exists(command: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {command} >/dev/null"))
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
-}
-
-fn test() -> Result<()> {
-    run("cargo test --workspace", cargo().args(["test", "--workspace"]))?;
     // The guest SDK and policies are plain Rust: their logic is tested
     // natively, in their own workspace.
     run(
@@ -244,8 +189,16 @@ fn check() -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run(
-        "no_std build of molt-core for thumbv7em-none-eabihf",
-        cargo().args(["build", "-p", "molt-core", "--target", "thumbv7em-none-eabihf"]),
+        "no_std build of molt-core and molt-protocol for thumbv7em-none-eabihf",
+        cargo().args([
+            "build",
+            "-p",
+            "molt-core",
+            "-p",
+            "molt-protocol",
+            "--target",
+            "thumbv7em-none-eabihf",
+        ]),
     )?;
     run(
         "fuzz targets compile",
