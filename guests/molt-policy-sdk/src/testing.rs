@@ -20,7 +20,7 @@
 //! # Ok::<(), PolicyError>(())
 //! ```
 
-use crate::{Action, Config, Policy, PolicyError, Reading};
+use crate::{Action, Config, Policy, PolicyError, Reading, decode_state, encode_state};
 
 /// Starts `P` from `pairs`, exactly as the host's `init` would.
 pub fn init<P: Policy>(pairs: &[(&str, &str)]) -> Result<P, PolicyError> {
@@ -32,6 +32,32 @@ pub fn process<P: Policy>(policy: &mut P, batch: &[Reading]) -> Result<Vec<Actio
     let mut actions = Vec::new();
     policy.process(batch, &mut actions)?;
     Ok(actions)
+}
+
+/// Snapshots `policy` and restores it under `pairs`, exactly as the host's
+/// `snapshot` then `restore` on a fresh instance would (a live swap, or
+/// recovery after a trap), and returns the restored policy.
+///
+/// Fails if the state cannot be encoded or decoded, or if the restored
+/// policy's snapshot has other bytes than the original's: then something
+/// the policy needs to continue is missing from its state (a field marked
+/// `#[serde(skip)]` that `reconfigure` does not set again, say).
+/// Call it with the same config to prove nothing is lost; with a new config
+/// to see what `reconfigure` makes of an old state.
+pub fn round_trip<P: Policy>(policy: &P, pairs: &[(&str, &str)]) -> Result<P, PolicyError> {
+    let config = Config::from_pairs(pairs.iter().copied())?;
+    let bytes = encode_state(policy)?;
+    let mut restored: P = decode_state(&bytes)?;
+    restored.reconfigure(&config)?;
+    let again = encode_state(&restored)?;
+    if again != bytes {
+        return Err(PolicyError::InvalidState(format!(
+            "snapshot/restore round trip changed the state: {} bytes became {} bytes",
+            bytes.len(),
+            again.len()
+        )));
+    }
+    Ok(restored)
 }
 
 /// A batch from `(sensor, value)` pairs: sequence numbers from 0, and

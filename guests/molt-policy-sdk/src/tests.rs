@@ -259,3 +259,44 @@ fn state_decodes_across_versions() {
         })
     );
 }
+
+/// Forgets its count whenever it is reconfigured: state `reconfigure` must not touch.
+#[derive(Serialize, Deserialize)]
+struct Forgetful {
+    seen: u64,
+}
+
+impl Policy for Forgetful {
+    fn init(_: &Config) -> Result<Self, PolicyError> {
+        Ok(Forgetful { seen: 0 })
+    }
+
+    fn process(&mut self, batch: &[Reading], _: &mut Vec<Action>) -> Result<(), PolicyError> {
+        self.seen += batch.len() as u64;
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, _: &Config) -> Result<(), PolicyError> {
+        self.seen = 0;
+        Ok(())
+    }
+}
+
+#[test]
+fn round_trip_carries_state_and_catches_a_reconfigure_that_loses_it() {
+    let mut counter: Counter = crate::testing::init(&[("scale", "2")]).expect("init");
+    crate::testing::process(&mut counter, &[reading(1, 1.0), reading(2, 2.0)]).expect("process");
+    let restored = crate::testing::round_trip(&counter, &[("scale", "3")]).expect("round trip");
+    assert_eq!((restored.n_readings, restored.scale), (2, 3.0));
+    assert!(matches!(
+        crate::testing::round_trip(&counter, &[]),
+        Err(PolicyError::InvalidConfig(message)) if message.contains("scale")
+    ));
+
+    let mut forgetful: Forgetful = crate::testing::init(&[]).expect("init");
+    crate::testing::process(&mut forgetful, &[reading(1, 1.0)]).expect("process");
+    assert!(matches!(
+        crate::testing::round_trip(&forgetful, &[]),
+        Err(PolicyError::InvalidState(message)) if message.contains("round trip changed the state")
+    ));
+}
