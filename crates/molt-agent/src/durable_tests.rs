@@ -304,14 +304,14 @@ fn restarts_at_every_step_lose_no_reading_and_deliver_no_action_twice() {
             0 => {
                 let (mut journal, _) =
                     Journal::open(&dir.path().join("journal"), config.journal, SyncPolicy::EveryBatch).unwrap();
-                journal.append(&values(batch, 7)).unwrap();
+                journal.append(&values(batch, 7), None).unwrap();
                 batch += 1;
             }
             // A batch journaled, and its outbox append torn.
             1 => {
                 let (mut journal, _) =
                     Journal::open(&dir.path().join("journal"), config.journal, SyncPolicy::EveryBatch).unwrap();
-                journal.append(&values(batch, 7)).unwrap();
+                journal.append(&values(batch, 7), None).unwrap();
                 batch += 1;
                 let mut segments: Vec<_> = fs::read_dir(dir.path().join("outbox"))
                     .unwrap()

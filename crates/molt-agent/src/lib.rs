@@ -57,6 +57,7 @@
 mod action_log;
 pub mod agent_slots;
 mod config;
+pub mod daemon;
 mod device;
 mod error;
 pub mod log;

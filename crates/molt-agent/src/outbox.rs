@@ -297,13 +297,36 @@ const READING_BYTES: usize = 4 + 8 + 8;
 #[derive(Debug)]
 pub struct Journal {
     log: Log,
+    cursor: Option<u64>,
+}
+
+/// Journal payloads start with the source cursor; this means none.
+const NO_CURSOR: u64 = u64::MAX;
+
+fn cursor_of(record: &Record) -> Option<u64> {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(record.payload.get(..8)?);
+    Some(u64::from_le_bytes(word)).filter(|&cursor| cursor != NO_CURSOR)
 }
 
 impl Journal {
     /// Opens the journal in `dir`.
     pub fn open(dir: &Path, limits: LogLimits, sync: SyncPolicy) -> Result<(Journal, Recovery), LogError> {
         let (log, recovery) = Log::open("journal", dir, limits, sync)?;
-        Ok((Journal { log }, recovery))
+        let cursor = match log.newest() {
+            None => None,
+            Some(newest) => log
+                .read_after(newest.saturating_sub(1), u64::MAX)?
+                .last()
+                .and_then(cursor_of),
+        };
+        Ok((Journal { log, cursor }, recovery))
+    }
+
+    /// The source cursor journaled with the newest batch that had one: where
+    /// a resumable source (a JSON-lines file) continues after a restart.
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
     }
 
     /// The sequence number the next reading gets.
@@ -317,9 +340,11 @@ impl Journal {
     }
 
     /// Numbers `values` (sensor, timestamp, value) and journals them as one
-    /// batch, durable before this returns: the caller may acknowledge the
-    /// source afterwards.
-    pub fn append(&mut self, values: &[(u32, u64, f64)]) -> Result<Vec<Reading>, LogError> {
+    /// batch, with the source's cursor after them if it has one, durable
+    /// before this returns: the caller may acknowledge the source afterwards.
+    /// The readings and the cursor are one record, so a crash never keeps
+    /// one without the other.
+    pub fn append(&mut self, values: &[(u32, u64, f64)], cursor: Option<u64>) -> Result<Vec<Reading>, LogError> {
         let first = self.next_seq();
         let readings: Vec<Reading> = values
             .iter()
@@ -334,7 +359,8 @@ impl Journal {
         if readings.is_empty() {
             return Ok(readings);
         }
-        let mut payload = Vec::with_capacity(readings.len() * READING_BYTES);
+        let mut payload = Vec::with_capacity(8 + readings.len() * READING_BYTES);
+        payload.extend_from_slice(&cursor.unwrap_or(NO_CURSOR).to_le_bytes());
         for reading in &readings {
             payload.extend_from_slice(&reading.sensor.to_le_bytes());
             payload.extend_from_slice(&reading.timestamp_ms.to_le_bytes());
@@ -342,6 +368,9 @@ impl Journal {
         }
         self.log.append(first, first + readings.len() as u64 - 1, &payload)?;
         self.log.sync_now()?;
+        if cursor.is_some() {
+            self.cursor = cursor;
+        }
         Ok(readings)
     }
 
@@ -351,11 +380,10 @@ impl Journal {
         let mut batches = Vec::new();
         for record in self.log.read_after(after, u64::MAX)? {
             let count = (record.last - record.first + 1) as usize;
-            if record.payload.len() != count * READING_BYTES {
+            if record.payload.len() != 8 + count * READING_BYTES {
                 continue;
             }
-            let batch = record
-                .payload
+            let batch = record.payload[8..]
                 .chunks_exact(READING_BYTES)
                 .enumerate()
                 .map(|(idx, chunk)| {

@@ -348,6 +348,12 @@ impl<P: Policies> Pipeline<P> {
     /// docs. Once this returns `Ok`, the readings are durable and the source
     /// may be acknowledged.
     pub fn accept(&mut self, values: &[(u32, u64, f64)]) -> Result<Accepted, PipelineError> {
+        self.accept_from(values, None)
+    }
+
+    /// [`accept`](Pipeline::accept), journaling `cursor`, the source's
+    /// position after these readings, in the same record.
+    pub fn accept_from(&mut self, values: &[(u32, u64, f64)], cursor: Option<u64>) -> Result<Accepted, PipelineError> {
         if values.len() > self.config.batch_readings_max {
             return Err(PipelineError::BatchTooLarge {
                 readings: values.len(),
@@ -362,7 +368,7 @@ impl<P: Policies> Pipeline<P> {
                 limit: self.config.outbox.bytes_max,
             });
         }
-        let readings = self.journal.append(values)?;
+        let readings = self.journal.append(values, cursor)?;
         if readings.is_empty() {
             return Ok(Accepted::default());
         }
