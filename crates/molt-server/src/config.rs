@@ -1,0 +1,277 @@
+//! The server's configuration: one TOML file, every limit named.
+//!
+//! `molt server init DIR` writes [`CONFIG_TEMPLATE`] with a comment on every
+//! key; [`Config::load`] reads it back. A limit's key is the name an error
+//! gives when the limit refuses something.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The file name `molt server init` writes in the data directory.
+pub const CONFIG_FILE: &str = "molt-server.toml";
+
+/// Everything the server reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the database, the device CA and the broker's keys live.
+    /// Relative paths are taken from the config file's directory.
+    pub data_dir: PathBuf,
+    /// Listening addresses.
+    pub listen: Listen,
+    /// Limits on what devices and clients may send.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The device protocol's message limits (`molt_protocol::Limits`).
+    #[serde(default)]
+    pub protocol: ProtocolLimits,
+}
+
+/// Listening addresses; port 0 picks a free port and the server prints it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// MQTT over TLS with client certificates, for devices.
+    pub mqtt: SocketAddr,
+    /// Plain MQTT on loopback for the server's own privileged client.
+    pub mqtt_local: SocketAddr,
+    /// HTTPS: enrollment and the REST API.
+    pub https: SocketAddr,
+    /// The broker address handed to devices at enrollment
+    /// (`mqtts://host:port`); empty means the bound `mqtt` address.
+    #[serde(default)]
+    pub advertised_mqtt: String,
+}
+
+/// Limits on outside input; each key is named in the error it causes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Uplink messages one device may send per second (sustained).
+    pub device_messages_per_second: u32,
+    /// Messages a device may send in a burst above the sustained rate.
+    pub device_message_burst: u32,
+    /// Most messages the store commits in one transaction.
+    pub ingest_batch_max: usize,
+    /// Longest a received message waits for its batch to fill, in ms.
+    pub ingest_batch_wait_ms: u64,
+    /// Messages waiting for the store before the server stops reading the
+    /// broker (back-pressure; nothing is dropped).
+    pub ingest_queue_max: usize,
+    /// Device connections the broker accepts at once.
+    pub broker_connections_max: usize,
+    /// TLS handshakes in progress at once.
+    pub broker_handshakes_max: usize,
+    /// Largest MQTT packet, in bytes.
+    pub mqtt_packet_bytes_max: u32,
+    /// Largest HTTP request body (CSR, API calls), in bytes.
+    pub http_body_bytes_max: usize,
+    /// Longest lifetime of an enrollment token, in seconds.
+    pub enrollment_token_ttl_max_s: u64,
+    /// Most uses of one enrollment token.
+    pub enrollment_token_uses_max: u32,
+    /// Validity of a device certificate, in days.
+    pub device_cert_days: u32,
+    /// Telemetry older than this many days is deleted.
+    pub telemetry_retention_days: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            device_messages_per_second: 50,
+            device_message_burst: 500,
+            ingest_batch_max: 2000,
+            ingest_batch_wait_ms: 20,
+            ingest_queue_max: 50_000,
+            broker_connections_max: 20_000,
+            broker_handshakes_max: 2_000,
+            mqtt_packet_bytes_max: 96 * 1024,
+            http_body_bytes_max: 64 * 1024,
+            enrollment_token_ttl_max_s: 7 * 24 * 3600,
+            enrollment_token_uses_max: 100_000,
+            device_cert_days: 3650,
+            telemetry_retention_days: 30,
+        }
+    }
+}
+
+/// `molt_protocol::Limits`, under the same names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct ProtocolLimits {
+    pub payload_bytes_max: usize,
+    pub points_per_message_max: usize,
+    pub metrics_per_message_max: usize,
+    pub metric_len_max: usize,
+    pub alerts_per_message_max: usize,
+    pub text_len_max: usize,
+    pub name_len_max: usize,
+    pub policies_max: usize,
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> ProtocolLimits {
+        let l = molt_protocol::Limits::default();
+        ProtocolLimits {
+            payload_bytes_max: l.payload_bytes_max,
+            points_per_message_max: l.points_per_message_max,
+            metrics_per_message_max: l.metrics_per_message_max,
+            metric_len_max: l.metric_len_max,
+            alerts_per_message_max: l.alerts_per_message_max,
+            text_len_max: l.text_len_max,
+            name_len_max: l.name_len_max,
+            policies_max: l.policies_max,
+        }
+    }
+}
+
+impl ProtocolLimits {
+    /// The protocol crate's form.
+    pub fn to_protocol(&self) -> molt_protocol::Limits {
+        molt_protocol::Limits {
+            payload_bytes_max: self.payload_bytes_max,
+            points_per_message_max: self.points_per_message_max,
+            metrics_per_message_max: self.metrics_per_message_max,
+            metric_len_max: self.metric_len_max,
+            alerts_per_message_max: self.alerts_per_message_max,
+            text_len_max: self.text_len_max,
+            name_len_max: self.name_len_max,
+            policies_max: self.policies_max,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; relative `data_dir` is resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read {}: {e} (create one with `molt server init DIR`)",
+                path.display()
+            ))
+        })?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A config for tests and embedding: everything on `127.0.0.1:0`.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Config {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            data_dir: data_dir.into(),
+            listen: Listen {
+                mqtt: any,
+                mqtt_local: any,
+                https: any,
+                advertised_mqtt: String::new(),
+            },
+            limits: Limits::default(),
+            protocol: ProtocolLimits::default(),
+        }
+    }
+
+    /// Refuses settings that cannot work, naming the key.
+    pub fn check(&self) -> Result<(), Error> {
+        if !self.listen.mqtt_local.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "listen.mqtt_local = {} must be a loopback address: it carries the server's privileged client",
+                self.listen.mqtt_local
+            )));
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            (
+                "limits.device_messages_per_second",
+                l.device_messages_per_second as usize,
+            ),
+            ("limits.device_message_burst", l.device_message_burst as usize),
+            ("limits.ingest_batch_max", l.ingest_batch_max),
+            ("limits.ingest_queue_max", l.ingest_queue_max),
+            ("limits.broker_connections_max", l.broker_connections_max),
+            ("limits.broker_handshakes_max", l.broker_handshakes_max),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if (l.mqtt_packet_bytes_max as usize) < self.protocol.payload_bytes_max {
+            return Err(Error::Config(format!(
+                "limits.mqtt_packet_bytes_max ({}) is below protocol.payload_bytes_max ({})",
+                l.mqtt_packet_bytes_max, self.protocol.payload_bytes_max
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The commented config `molt server init` writes.
+pub const CONFIG_TEMPLATE: &str = r#"# molt-server configuration, written by `molt server init`.
+# Start the server with: molt server run --config THIS_FILE
+
+# Database (SQLite), device CA, broker keys and the admin token live here.
+# Relative to this file's directory.
+data_dir = "."
+
+[listen]
+# MQTT over TLS for devices; every device shows its own certificate.
+# Port 0 picks a free port; the server prints the one it chose.
+mqtt = "0.0.0.0:8883"
+# The server's own privileged MQTT client connects here. Must be loopback.
+mqtt_local = "127.0.0.1:0"
+# HTTPS: device enrollment and the REST API (/api/v1).
+https = "0.0.0.0:8443"
+# Broker address handed to devices at enrollment, e.g. "mqtts://fleet.example.com:8883".
+# Empty: the bound mqtt address.
+advertised_mqtt = ""
+
+[limits]
+# Uplink messages one device may send per second, sustained; above it the
+# device is disconnected and resends from its outbox later (nothing lost).
+device_messages_per_second = 50
+# Messages a device may send at once above the sustained rate.
+device_message_burst = 500
+# Most messages committed in one store transaction.
+ingest_batch_max = 2000
+# Longest a message waits for its batch to fill, in milliseconds.
+ingest_batch_wait_ms = 20
+# Messages waiting for the store before the server stops reading (back-pressure).
+ingest_queue_max = 50000
+# Device connections accepted at once, and TLS handshakes in progress at once.
+broker_connections_max = 20000
+broker_handshakes_max = 2000
+# Largest MQTT packet, in bytes (at least protocol.payload_bytes_max).
+mqtt_packet_bytes_max = 98304
+# Largest HTTP request body (CSR, API call), in bytes.
+http_body_bytes_max = 65536
+# Longest lifetime and most uses of one enrollment token.
+enrollment_token_ttl_max_s = 604800
+enrollment_token_uses_max = 100000
+# Validity of a device certificate, in days.
+device_cert_days = 3650
+# Telemetry older than this is deleted.
+telemetry_retention_days = 30
+
+[protocol]
+# The device protocol's limits (docs/protocol.md); agents use the same names.
+payload_bytes_max = 65536
+points_per_message_max = 2048
+metrics_per_message_max = 256
+metric_len_max = 128
+alerts_per_message_max = 256
+text_len_max = 2048
+name_len_max = 128
+policies_max = 64
+"#;

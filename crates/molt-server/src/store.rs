@@ -1,0 +1,499 @@
+//! The store: every SQL statement of molt lives in this crate, most here.
+//!
+//! SQLite through sqlx, WAL journal, `synchronous = FULL`: a transaction
+//! that returned from commit survives a power cut, which is what the
+//! store acknowledgement promises. Queries use `$N` placeholders and
+//! `ON CONFLICT` so that a PostgreSQL backend can follow.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use molt_protocol::AnyMessage;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::Error;
+
+/// The database file in the data directory.
+pub const DB_FILE: &str = "molt.db";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The database handle.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One uplink message ready to store.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    /// The sender (certificate CN, checked by the broker).
+    pub device: String,
+    /// Its decoded body.
+    pub message: AnyMessage,
+}
+
+/// A registered device as the registry shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRow {
+    /// Device id (= certificate CN = MQTT client id).
+    pub id: String,
+    /// Hardware class given at enrollment.
+    pub hardware_class: String,
+    /// Tags and attributes.
+    pub tags: serde_json::Value,
+    /// Enrolled at (ms).
+    pub created_ms: i64,
+    /// Last message or connection (ms).
+    pub last_seen_ms: Option<i64>,
+    /// Connected to the broker now.
+    pub online: bool,
+    /// Revoked at (ms); a revoked device is refused.
+    pub revoked_ms: Option<i64>,
+    /// Every uplink message up to this sequence number is stored.
+    pub stored_through: i64,
+    /// Last reported state (the protocol's `Reported`, as JSON).
+    pub reported: Option<serde_json::Value>,
+    /// Last health report, as JSON.
+    pub health: Option<serde_json::Value>,
+    /// Director: the desired state's generation (0: none yet).
+    pub desired_generation: i64,
+    /// Director: the release set the device should run.
+    pub desired_release: Option<i64>,
+    /// Director: the rollout that set it.
+    pub desired_rollout: Option<String>,
+}
+
+/// A device's access state, as the broker's hooks need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Enrolled and not revoked.
+    Allowed,
+    /// Revoked.
+    Revoked,
+    /// Not in the registry.
+    Unknown,
+}
+
+fn json_or_null(text: Option<String>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir` and migrates it.
+    pub async fn open(dir: &Path) -> Result<Store, Error> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// The pool, for the modules of this crate.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the pool (waits for running statements).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The access state of `device` (broker hooks).
+    pub async fn access(&self, device: &str) -> Result<Access, Error> {
+        let row = sqlx::query("SELECT revoked_ms FROM devices WHERE id = $1")
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => Access::Unknown,
+            Some(row) => match row.try_get::<Option<i64>, _>(0)? {
+                Some(_) => Access::Revoked,
+                None => Access::Allowed,
+            },
+        })
+    }
+
+    /// Every device's access state, to fill the broker's cache at start.
+    pub async fn all_access(&self) -> Result<HashMap<String, Access>, Error> {
+        let rows = sqlx::query("SELECT id, revoked_ms FROM devices")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let revoked: Option<i64> = row.try_get(1)?;
+            out.insert(
+                row.try_get(0)?,
+                if revoked.is_some() {
+                    Access::Revoked
+                } else {
+                    Access::Allowed
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Registers a device with its certificate; refuses an id or a key that
+    /// is already registered (a replayed CSR).
+    pub async fn insert_device(
+        &self,
+        id: &str,
+        hardware_class: &str,
+        tags: &serde_json::Value,
+        cert_serial: &str,
+        key_fingerprint: &str,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM devices WHERE id = $1 OR key_fingerprint = $2")
+            .bind(id)
+            .bind(key_fingerprint)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = exists {
+            let existing: String = row.try_get(0)?;
+            return Err(if existing == id {
+                Error::refused(
+                    "device_exists",
+                    format!("device {id} is already enrolled; pick another id"),
+                )
+            } else {
+                Error::refused(
+                    "csr_replayed",
+                    "this CSR's key is already enrolled; generate a new key for each enrollment",
+                )
+            });
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, hardware_class, tags, created_ms, cert_serial, key_fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(hardware_class)
+        .bind(tags.to_string())
+        .bind(now_ms())
+        .bind(cert_serial)
+        .bind(key_fingerprint)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<DeviceRow, Error> {
+        let row = sqlx::query(&format!("{DEVICE_COLUMNS} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no device {id}; `molt device list` shows the enrolled ones")))?;
+        device_row(&row)
+    }
+
+    /// Every device, by id.
+    pub async fn devices(&self) -> Result<Vec<DeviceRow>, Error> {
+        let rows = sqlx::query(&format!("{DEVICE_COLUMNS} ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    /// Marks a device revoked; returns it as it was before.
+    pub async fn revoke(&self, id: &str) -> Result<DeviceRow, Error> {
+        let before = self.device(id).await?;
+        sqlx::query("UPDATE devices SET revoked_ms = $1, online = 0 WHERE id = $2 AND revoked_ms IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(before)
+    }
+
+    /// Replaces a device's tags; returns the row before.
+    pub async fn set_tags(&self, id: &str, tags: &serde_json::Value) -> Result<DeviceRow, Error> {
+        let before = self.device(id).await?;
+        sqlx::query("UPDATE devices SET tags = $1 WHERE id = $2")
+            .bind(tags.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(before)
+    }
+
+    /// Sets the director's desired release for a device; returns the new
+    /// generation.
+    pub async fn set_desired(&self, id: &str, release: u64, rollout: Option<&str>) -> Result<i64, Error> {
+        let row = sqlx::query(
+            "UPDATE devices SET desired_generation = desired_generation + 1, desired_release = $1, desired_rollout = $2 \
+             WHERE id = $3 RETURNING desired_generation",
+        )
+        .bind(release as i64)
+        .bind(rollout)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no device {id}")))?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Records a connection state change.
+    pub async fn set_online(&self, id: &str, online: bool) -> Result<(), Error> {
+        sqlx::query("UPDATE devices SET online = $1, last_seen_ms = $2 WHERE id = $3")
+            .bind(i64::from(online))
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Per device, the stored-through frontier and the stored sequence
+    /// numbers above it (out-of-order arrivals), for the ingest's state.
+    pub async fn frontier(&self, device: &str) -> Result<(u64, Vec<u64>), Error> {
+        let Some(row) = sqlx::query("SELECT stored_through FROM devices WHERE id = $1")
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok((0, Vec::new()));
+        };
+        let through: i64 = row.try_get(0)?;
+        let above = sqlx::query("SELECT seq FROM uplink WHERE device = $1 AND seq > $2 ORDER BY seq")
+            .bind(device)
+            .bind(through)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0).map(|s| s as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((through as u64, above))
+    }
+
+    /// Stores a batch in one transaction, each message at most once by
+    /// `(device, seq)`, and moves the frontiers given in `frontiers`.
+    /// Returns, per message, whether it was new.
+    pub async fn store_batch(&self, batch: &[Uplink], frontiers: &HashMap<String, u64>) -> Result<Vec<bool>, Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = Vec::with_capacity(batch.len());
+        for up in batch {
+            let Some(seq) = up.message.seq() else {
+                fresh.push(false);
+                continue;
+            };
+            let kind = kind_name(&up.message);
+            let inserted = sqlx::query(
+                "INSERT INTO uplink (device, seq, kind, received_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&up.device)
+            .bind(seq as i64)
+            .bind(kind)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            fresh.push(inserted);
+            if !inserted {
+                continue;
+            }
+            match &up.message {
+                AnyMessage::Telemetry(t) => {
+                    for p in t.points() {
+                        sqlx::query(
+                            "INSERT INTO points (device, seq, metric, sensor, t_ms, value) VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(&up.device)
+                        .bind(seq as i64)
+                        .bind(p.metric)
+                        .bind(i64::from(p.sensor))
+                        .bind(p.timestamp_ms as i64)
+                        .bind(p.value)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                AnyMessage::Alerts(a) => {
+                    for alert in &a.alerts {
+                        sqlx::query(
+                            "INSERT INTO alerts (device, seq, policy, sensor, t_ms, severity, message, state, updated_ms) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8)",
+                        )
+                        .bind(&up.device)
+                        .bind(seq as i64)
+                        .bind(&a.policy)
+                        .bind(i64::from(alert.sensor))
+                        .bind(alert.t as i64)
+                        .bind(serde_json::to_value(alert.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                        .bind(&alert.message)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                AnyMessage::Event(e) => {
+                    sqlx::query("INSERT INTO events (device, seq, t_ms, kind, body) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&up.device)
+                        .bind(seq as i64)
+                        .bind(e.t as i64)
+                        .bind(
+                            serde_json::to_value(e.kind)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                        )
+                        .bind(serde_json::to_string(e).unwrap_or_default())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                AnyMessage::Reported(r) => {
+                    sqlx::query("UPDATE devices SET reported = $1, reported_ms = $2 WHERE id = $3")
+                        .bind(serde_json::to_string(r).unwrap_or_default())
+                        .bind(now)
+                        .bind(&up.device)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                AnyMessage::Health(h) => {
+                    sqlx::query("UPDATE devices SET health = $1, health_ms = $2 WHERE id = $3")
+                        .bind(serde_json::to_string(h).unwrap_or_default())
+                        .bind(now)
+                        .bind(&up.device)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        for (device, through) in frontiers {
+            sqlx::query(
+                "UPDATE devices SET stored_through = $1, last_seen_ms = $2 WHERE id = $3 AND stored_through < $1",
+            )
+            .bind(*through as i64)
+            .bind(now)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Writes one audit record.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<&serde_json::Value>,
+        after: Option<&serde_json::Value>,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit (t_ms, actor, action, target, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(before.map(|v| v.to_string()))
+        .bind(after.map(|v| v.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts rows of a table (tests and metrics).
+    pub async fn count(&self, table: Table) -> Result<i64, Error> {
+        let sql = match table {
+            Table::Points => "SELECT COUNT(*) FROM points",
+            Table::Uplink => "SELECT COUNT(*) FROM uplink",
+            Table::Alerts => "SELECT COUNT(*) FROM alerts",
+            Table::Events => "SELECT COUNT(*) FROM events",
+            Table::Devices => "SELECT COUNT(*) FROM devices",
+            Table::Audit => "SELECT COUNT(*) FROM audit",
+        };
+        Ok(sqlx::query(sql).fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
+    /// Points stored more than once for the same `(device, seq, metric,
+    /// sensor, t_ms)`: always 0 unless dedupe is broken.
+    pub async fn duplicate_points(&self) -> Result<i64, Error> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM points GROUP BY device, seq, metric, sensor, t_ms HAVING COUNT(*) > 1) d",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
+    /// Deletes telemetry older than `days`; returns points removed.
+    pub async fn apply_retention(&self, days: u32) -> Result<u64, Error> {
+        let cutoff = now_ms() - i64::from(days) * 86_400_000;
+        Ok(sqlx::query("DELETE FROM points WHERE t_ms < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// Tables [`Store::count`] can count.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum Table {
+    Points,
+    Uplink,
+    Alerts,
+    Events,
+    Devices,
+    Audit,
+}
+
+const DEVICE_COLUMNS: &str = "SELECT id, hardware_class, tags, created_ms, last_seen_ms, online, revoked_ms, \
+    stored_through, reported, health, desired_generation, desired_release, desired_rollout FROM devices";
+
+fn device_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow, Error> {
+    Ok(DeviceRow {
+        id: row.try_get(0)?,
+        hardware_class: row.try_get(1)?,
+        tags: json_or_null(row.try_get(2)?).unwrap_or(serde_json::Value::Null),
+        created_ms: row.try_get(3)?,
+        last_seen_ms: row.try_get(4)?,
+        online: row.try_get::<i64, _>(5)? != 0,
+        revoked_ms: row.try_get(6)?,
+        stored_through: row.try_get(7)?,
+        reported: json_or_null(row.try_get(8)?),
+        health: json_or_null(row.try_get(9)?),
+        desired_generation: row.try_get(10)?,
+        desired_release: row.try_get(11)?,
+        desired_rollout: row.try_get(12)?,
+    })
+}
+
+fn kind_name(message: &AnyMessage) -> &'static str {
+    match message {
+        AnyMessage::Telemetry(_) => "telemetry",
+        AnyMessage::Alerts(_) => "alerts",
+        AnyMessage::Event(_) => "events",
+        AnyMessage::Reported(_) => "state",
+        AnyMessage::Health(_) => "health",
+        _ => "other",
+    }
+}
