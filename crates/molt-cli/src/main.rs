@@ -11,6 +11,7 @@ use clap::Parser;
 use crate::output::Output;
 
 mod demo;
+mod fleet_sim;
 mod keys;
 mod lifetime;
 mod output;
@@ -71,6 +72,7 @@ macro_rules! commands {
 
 commands! {
     Demo(demo),
+    FleetSim(fleet_sim),
     Keys(keys),
     Release(release),
     Repo(repo),

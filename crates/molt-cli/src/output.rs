@@ -65,6 +65,11 @@ impl Output {
         Output { json }
     }
 
+    /// Whether `--json` was given (no progress output then).
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Prints `report` in the chosen form.
     pub(crate) fn report<R: Report>(&self, report: &R) -> anyhow::Result<()> {
         let text = if self.json {
