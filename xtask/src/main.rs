@@ -6,7 +6,7 @@
 //! cargo xtask test        the whole test suite (the README's test command)
 //! cargo xtask check       format, clippy, docs, no_std build, fuzz compile check
 //! cargo xtask ci          `test`, then `check`: what .ci/run does
-//! cargo xtask deps        install what the build and tests need if missing: targets, clang, lld, Zig
+//! cargo xtask deps        install what the build needs if missing: the toolchain's targets, clang, lld
 //! cargo xtask bench       run every benchmark and rewrite docs/benchmarks.md
 //! cargo xtask conformance run the tuf-conformance suite (a checkout given) against molt tuf-client
 //! ```
@@ -50,12 +50,10 @@ Tasks:
               finds pytest (MOLT_CONFORMANCE_PYTEST, SUITE_DIR/../tuf-conformance-env or
               SUITE_DIR/.venv), needs faketime. Not part of `test`: the suite comes from
               GitHub and needs Python.
-  deps        Install what the build and the tests need beyond rustup's default toolchain,
-              whatever is missing: the targets rust-toolchain.toml lists (rustup target add),
-              clang and lld, which compile the C guest policies in guests-c/ (apt-get, with
-              sudo when not root), and Zig from PyPI's ziglang (pip, in a virtual environment
-              under the target directory), which builds the Zig example policy in guests-zig/.
-              demo, test and ci run it first.
+  deps        Install what the build needs beyond rustup's default toolchain, whatever is
+              missing: the targets rust-toolchain.toml lists (rustup target add), and clang
+              and lld, which compile the C guest policies in guests-c/ (apt-get, with sudo
+              when not root). demo, test and ci run it first.
 ";
 
 fn main() -> ExitCode {
@@ -64,9 +62,9 @@ fn main() -> ExitCode {
         Some("crash-sim") => crash_sim(),
         Some("check") => check(),
         Some("demo") => setup::build_deps().and_then(|()| demo(&std::env::args().skip(2).collect::<Vec<_>>())),
-        Some("test") => setup::test_deps().and_then(|zig| test(&zig)),
-        Some("ci") => setup::test_deps().and_then(|zig| test(&zig)).and_then(|()| check()),
-        Some("deps") => setup::test_deps().map(|_| ()),
+        Some("test") => setup::build_deps().and_then(|()| test()),
+        Some("ci") => setup::build_deps().and_then(|()| test()).and_then(|()| check()),
+        Some("deps") => setup::build_deps(),
         Some("bench") => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("conformance") => conformance::conformance(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help" | "help") | None => {
@@ -137,11 +135,8 @@ fn demo(args: &[String]) -> Result<()> {
     )
 }
 
-fn test(zig: &Path) -> Result<()> {
-    run(
-        "cargo test --workspace",
-        cargo().args(["test", "--workspace"]).env("MOLT_ZIG", zig),
-    )?;
+fn test() -> Result<()> {
+    run("cargo test --workspace", cargo().args(["test", "--workspace"]))?;
     // The guest SDK and policies are plain Rust: their logic is tested
     // natively, in their own workspace.
     run(

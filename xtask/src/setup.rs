@@ -3,41 +3,25 @@
 //!
 //! - the Rust targets `rust-toolchain.toml` lists (rustup installs a pinned toolchain's targets only when it
 //!   installs the toolchain itself, not when the toolchain is already there);
-//! - Debian's clang and lld, which compile and link the C guest policies;
-//! - for the test suite only, Zig from PyPI's `ziglang` wheel, which builds the Zig example policy
-//!   (`guests-zig/`), in a virtual environment under the target directory.
+//! - Debian's clang and lld, which compile and link the C guest policies.
 //!
 //! Each step checks first and installs only what is missing, so a second run costs a few process starts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, run, workspace_root};
+use crate::{run, workspace_root};
 
 /// Debian packages the build needs beyond rustup's toolchain, each with the command that shows it is installed.
 /// `crates/molt-guests` compiles `guests-c/` with clang and links it with lld's `wasm-ld`.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[("clang", "clang"), ("lld", "wasm-ld")];
 
-/// The Zig release the Zig example policy is written for, from PyPI's `ziglang` (the Zig project's own
-/// binaries, repackaged as wheels for every common platform).
-pub(crate) const ZIG_VERSION: &str = "0.14.1";
-
-/// Where the test suite finds Zig: `<target-dir>/molt-tools/zig`, a link to the wheel's binary.
-/// `crates/molt-cli/tests/it/policy.rs` looks here too (after `MOLT_ZIG`).
-const ZIG_LINK: &str = "zig";
-
 /// Everything both README commands need: the toolchain's targets and the Debian packages.
 pub(crate) fn build_deps() -> Result<()> {
     targets()?;
     debian_packages()
-}
-
-/// [`build_deps`], and Zig for the test suite. Returns Zig's path.
-pub(crate) fn test_deps() -> Result<PathBuf> {
-    build_deps()?;
-    zig()
 }
 
 /// The targets of `rust-toolchain.toml` that the toolchain lacks, added with `rustup target add`.
@@ -181,101 +165,6 @@ fn installed_commands() -> String {
         .map(|(_, command)| *command)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Zig [`ZIG_VERSION`], from PyPI's `ziglang` wheel with pip, in a virtual environment under the target
-/// directory; `<target-dir>/molt-tools/zig` links to its binary. Returns that link.
-fn zig() -> Result<PathBuf> {
-    let tools = target_dir()?.join("molt-tools");
-    let link = tools.join(ZIG_LINK);
-    if zig_version(&link).as_deref() == Some(ZIG_VERSION) {
-        eprintln!("xtask: deps: Zig {ZIG_VERSION} installed ({})", link.display());
-        return Ok(link);
-    }
-    let venv = tools.join(format!("ziglang-{ZIG_VERSION}"));
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        if !command_exists("python3") {
-            apt_get_install(&["python3", "python3-venv"])?;
-        }
-        let created = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .context("running python3 -m venv")?;
-        if !created.success() {
-            // Debian splits venv's ensurepip into python3-venv.
-            apt_get_install(&["python3-venv"])?;
-            let _ = std::fs::remove_dir_all(&venv);
-            run(
-                "python3 -m venv (for Zig from PyPI)",
-                Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            )?;
-        }
-    }
-    run(
-        &format!("pip install ziglang=={ZIG_VERSION} (Zig, for the Zig example policy)"),
-        Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("ziglang=={ZIG_VERSION}"),
-        ]),
-    )?;
-    let output = Command::new(&python)
-        .args(["-c", "import os, ziglang; print(os.path.dirname(ziglang.__file__))"])
-        .output()
-        .context("asking the ziglang package where it is")?;
-    if !output.status.success() {
-        bail!(
-            "the ziglang package did not load: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let package_dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    let binary = package_dir.join("zig");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&binary, &link)
-        .with_context(|| format!("linking {} to {}", link.display(), binary.display()))?;
-    match zig_version(&link) {
-        Some(version) if version == ZIG_VERSION => {
-            eprintln!("xtask: deps: Zig {ZIG_VERSION} installed ({})", link.display());
-            Ok(link)
-        }
-        other => bail!("{} reports version {other:?}, expected {ZIG_VERSION}", link.display()),
-    }
-}
-
-fn zig_version(zig: &Path) -> Option<String> {
-    let output = Command::new(zig).arg("version").output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// The workspace's target directory, as cargo resolves it (CARGO_TARGET_DIR, config, or `target/`).
-fn target_dir() -> Result<PathBuf> {
-    let output = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1"])
-        .output()
-        .context("running cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("cargo metadata's JSON")?;
-    let dir = metadata["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    let dir = PathBuf::from(dir);
-    std::fs::create_dir_all(dir.join("molt-tools"))
-        .with_context(|| format!("creating {}/molt-tools", dir.display()))?;
-    Ok(dir)
 }
 
 /// `command -v`, as the shell finds commands.

@@ -15,6 +15,7 @@ mod fleet_sim;
 mod keys;
 mod lifetime;
 mod output;
+mod policy;
 mod preflight;
 mod release;
 mod repo;
@@ -74,6 +75,7 @@ commands! {
     Demo(demo),
     FleetSim(fleet_sim),
     Keys(keys),
+    Policy(policy),
     Release(release),
     Repo(repo),
     Verify(verify),

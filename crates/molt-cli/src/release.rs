@@ -302,18 +302,49 @@ struct CreateReport {
     repo: PathBuf,
     signed: bool,
     release: ReleaseSummary,
+    /// Each policy passed the policy check (`molt policy check`).
+    checked: Vec<CheckedPolicy>,
+}
+
+/// A policy that compiled and started with its config.
+#[derive(Debug, Serialize)]
+pub(crate) struct CheckedPolicy {
+    pub(crate) name: String,
+    pub(crate) init_fuel: u64,
+    pub(crate) memory_bytes: usize,
+}
+
+impl CheckedPolicy {
+    pub(crate) fn new(name: &str, report: &molt_wasm::CheckReport) -> CheckedPolicy {
+        CheckedPolicy {
+            name: name.to_owned(),
+            init_fuel: report.init_fuel,
+            memory_bytes: report.memory_bytes,
+        }
+    }
+
+    /// One line of human output.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "  checked {:<15} compiles, imports nothing, init accepts its config ({} fuel, {} memory)\n",
+            self.name,
+            self.init_fuel,
+            human_bytes(self.memory_bytes as u64)
+        )
+    }
 }
 
 impl Report for CreateReport {
     fn human(&self) -> String {
         format!(
-            "created draft release {} in {} (security counter {}, agents >= {}, {})\n{}\nnext: molt release sign --repo {} --keys <KEYS> {}\n",
+            "created draft release {} in {} (security counter {}, agents >= {}, {})\n{}{}\nnext: molt release sign --repo {} --keys <KEYS> {}\n",
             self.release.version,
             self.repo.display(),
             self.release.security_counter,
             self.release.min_agent_version,
             self.release.contract,
             self.release.human_parts(),
+            self.checked.iter().map(CheckedPolicy::line).collect::<String>(),
             self.repo.display(),
             self.release.version
         )
@@ -321,7 +352,9 @@ impl Report for CreateReport {
 }
 
 async fn create(args: CreateArgs, output: &Output) -> anyhow::Result<()> {
-    let input = release_input(&args)?;
+    let runtime = crate::policy::runtime()?;
+    let mut checks = Vec::new();
+    let input = release_input(&args, &runtime, &mut checks)?;
     let keys = crate::preflight::open_key_dir(&args.keys)?;
     let repo = crate::preflight::open_repo(&args.repo, &keys).await?;
     let set = repo.create_release(&input).await.with_context(|| {
@@ -335,11 +368,19 @@ async fn create(args: CreateArgs, output: &Output) -> anyhow::Result<()> {
         repo: args.repo,
         signed: false,
         release: ReleaseSummary::new(&set),
+        checked: checks
+            .iter()
+            .map(|(name, report)| CheckedPolicy::new(name, report))
+            .collect(),
     })
 }
 
 /// Checks the parts as a whole and reads the policy configurations.
-fn release_input(args: &CreateArgs) -> anyhow::Result<ReleaseInput> {
+fn release_input(
+    args: &CreateArgs,
+    runtime: &molt_wasm::Runtime,
+    checks: &mut Vec<(String, molt_wasm::CheckReport)>,
+) -> anyhow::Result<ReleaseInput> {
     if args.agents.is_empty() && args.policies.is_empty() {
         return Err(UsageError("a release needs at least one --agent or --policy".to_owned()).into());
     }
@@ -397,6 +438,16 @@ fn release_input(args: &CreateArgs) -> anyhow::Result<ReleaseInput> {
             Some(path) => read_config(path, &policy.name)?,
             None => BTreeMap::new(),
         };
+        let wasm = crate::policy::read_module(&policy.path, runtime)?;
+        let checked = crate::policy::check_named(runtime, &policy.name, &wasm, &config).with_context(|| {
+            format!(
+                "{} given with --policy {}; nothing was created. Try it with `molt policy check {}`",
+                policy.path.display(),
+                policy.name,
+                policy.path.display()
+            )
+        })?;
+        checks.push((policy.name.clone(), checked));
         policies.push(PolicyInput {
             name: policy.name.clone(),
             version: policy.version.clone(),
@@ -427,7 +478,7 @@ fn check_file(path: &Path, what: &str, flag: &str) -> anyhow::Result<()> {
 /// object whose values are strings, numbers or booleans. Policies receive
 /// key/value strings (`wit/policy.wit`), so a string is passed as it is and
 /// a number or boolean as its JSON text (`0.5`, `true`).
-fn read_config(path: &Path, policy: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn read_config(path: &Path, policy: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let shown = path.display();
     check_file(path, &format!("configuration of policy `{policy}`"), "--policy")?;
     let bytes = crate::preflight::read_bounded(path, POLICY_CONFIG_BYTES_MAX, "policy_config_bytes_max").with_context(

@@ -109,6 +109,9 @@ pub(crate) async fn run(args: Args, output: &Output) -> anyhow::Result<()> {
 struct PublishedReport {
     /// `publish` or `refresh`.
     action: &'static str,
+    /// The published release's hardware classes (empty for a policies-only
+    /// release, or after a refresh).
+    hardware_classes: Vec<String>,
     repo: PathBuf,
     public_dir: PathBuf,
     root_version: u64,
@@ -125,6 +128,7 @@ impl PublishedReport {
     fn new(action: &'static str, repo: &Repo, published: &Published, expiry: &Expiry) -> PublishedReport {
         PublishedReport {
             action,
+            hardware_classes: Vec::new(),
             repo: repo.dir().to_owned(),
             public_dir: repo.public_dir(),
             root_version: published.root_version,
@@ -149,9 +153,16 @@ impl Report for PublishedReport {
             (_, None) => format!("refreshed {repo} (no release published yet)"),
         };
         let lifetime = |secs| crate::lifetime::format(Duration::from_secs(secs));
+        // A device verifies with its own class; a policies-only release
+        // needs none.
+        let class = match self.hardware_classes.as_slice() {
+            [] => " ".to_owned(),
+            [class] => format!(" --hardware-class {class} "),
+            classes => format!(" --hardware-class <{}> ", classes.join("|")),
+        };
         format!(
             "{what}\n  root v{}, targets v{} (expires in {}), snapshot v{} (expires in {}), timestamp v{} (expires in {})\n  \
-             serve: {public}\n\nnext:\n  molt verify --root root.json {public}\n  \
+             serve: {public}\n\nnext:\n  molt verify --root root.json{class}{public}\n  \
              molt repo refresh --repo {repo} --keys <KEYS>    within {} to keep devices updating\n",
             self.root_version,
             self.targets_version,
@@ -170,6 +181,10 @@ async fn publish(args: PublishArgs, output: &Output) -> anyhow::Result<()> {
     let keys = crate::preflight::open_key_dir(&args.keys)?;
     let repo = crate::preflight::open_existing_repo(&args.repo, &keys).await?;
     let shown = args.repo.display();
+    let hardware_classes: Vec<String> = repo
+        .draft(args.version)
+        .map(|set| set.agents.into_keys().collect())
+        .unwrap_or_default();
     let published = repo.publish(args.version, &keys, &expiry).await.with_context(|| {
         format!(
             "could not publish release {} from {shown}; only a signed draft can be published: \
@@ -179,7 +194,9 @@ async fn publish(args: PublishArgs, output: &Output) -> anyhow::Result<()> {
             args.version
         )
     })?;
-    output.report(&PublishedReport::new("publish", &repo, &published, &expiry))
+    let mut report = PublishedReport::new("publish", &repo, &published, &expiry);
+    report.hardware_classes = hardware_classes;
+    output.report(&report)
 }
 
 async fn refresh(args: RefreshArgs, output: &Output) -> anyhow::Result<()> {

@@ -102,13 +102,14 @@ pub(crate) async fn run(args: Args, output: &Output) -> anyhow::Result<()> {
         release: None,
         install: None,
         download_dir: None,
+        checked: Vec::new(),
     };
 
     let verified = match client.check(&source, &installed).await {
         Ok(verified) => verified,
         Err(error @ UpdateError::WrongHardwareClass { .. }) if args.hardware_class.is_none() => {
             return Err(anyhow::Error::new(error).context(
-                "the release set pins an agent image per hardware class; pass the device's class with --hardware-class",
+                "the release set pins an agent image per hardware class; pass the device's class with --hardware-class <CLASS>, one of those it has",
             ));
         }
         Err(error) => {
@@ -149,6 +150,20 @@ pub(crate) async fn run(args: Args, output: &Output) -> anyhow::Result<()> {
                 verified.set.version
             )
         })?;
+
+    // The device compiles each policy and runs its `init` before it
+    // installs anything; so does verify, with the same check.
+    let runtime = crate::policy::runtime()?;
+    for (name, policy) in &fetched.policies {
+        let checked = crate::policy::check_named(&runtime, name, &policy.wasm, &policy.config).with_context(|| {
+            format!(
+                "release {} verified through TUF, but a device would refuse it; publish a release with a policy that runs \
+                 (`molt policy check` shows why)",
+                fetched.set.version
+            )
+        })?;
+        report.checked.push(crate::release::CheckedPolicy::new(name, &checked));
+    }
 
     report.up_to_date = false;
     report.install = Some(install_report(&fetched, &hardware_class));
@@ -244,6 +259,8 @@ struct VerifyReport {
     release: Option<ReleaseSummary>,
     install: Option<InstallReport>,
     download_dir: Option<PathBuf>,
+    /// Each policy passed the policy check (`molt policy check`).
+    checked: Vec<crate::release::CheckedPolicy>,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,9 +337,10 @@ impl Report for VerifyReport {
             "verified release {} from {}\n  security counter {}, contract {}, agents >= {}\n",
             release.version, self.source, release.security_counter, release.contract, release.min_agent_version
         );
-        match (&install.agent, &self.hardware_class) {
-            (_, Some(class)) => text.push_str(&format!("would install on hardware class {class}:\n")),
-            (_, None) => text.push_str("would install (no --hardware-class given, so no agent image):\n"),
+        match (release.agents.is_empty(), &self.hardware_class) {
+            (true, _) => text.push_str("would install (policies only: the device keeps its agent):\n"),
+            (false, Some(class)) => text.push_str(&format!("would install on hardware class {class}:\n")),
+            (false, None) => text.push_str("would install (no --hardware-class given, so no agent image):\n"),
         }
         if let Some(agent) = &install.agent {
             text.push_str(&format!(
@@ -345,6 +363,9 @@ impl Report for VerifyReport {
         }
         for policy in &install.policies {
             text.push_str(&policy.line());
+        }
+        for checked in &self.checked {
+            text.push_str(&checked.line());
         }
         text.push_str(&format!(
             "all {} parts downloaded and matched their signed length and sha256; nothing was installed\n",

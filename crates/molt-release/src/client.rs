@@ -669,7 +669,9 @@ impl Client {
     /// are looked up.
     fn check_rules(&self, set: &ReleaseSet, installed: &Installed) -> Result<(), UpdateError> {
         let version = set.version;
-        if !set.agents.contains_key(&self.hardware_class) {
+        // A set without agents carries policies only: the device keeps the
+        // agent it runs. A set with agents must have this device's.
+        if !set.agents.is_empty() && !set.agents.contains_key(&self.hardware_class) {
             return Err(UpdateError::WrongHardwareClass {
                 version,
                 hardware_class: self.hardware_class.clone(),

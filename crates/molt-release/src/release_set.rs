@@ -42,7 +42,8 @@ pub struct ReleaseSet {
     pub contract: String,
     /// The oldest agent that may run this set's policies.
     pub min_agent_version: String,
-    /// Agent image per hardware class.
+    /// Agent image per hardware class. Empty in a policies-only set, which
+    /// a device of any class installs without touching its agent slots.
     pub agents: BTreeMap<String, AgentImage>,
     /// Policy modules by name.
     pub policies: BTreeMap<String, PolicyModule>,

@@ -22,6 +22,9 @@ struct GuestLimiter {
     store_limits: StoreLimits,
     memory_bytes_max: usize,
     table_elements_max: usize,
+    /// Linear memory granted so far, over all memories (creation counts as
+    /// growing from 0).
+    memory_bytes: usize,
 }
 
 /// Carried inside the wasmtime error so the failure can be named.
@@ -44,7 +47,11 @@ impl ResourceLimiter for GuestLimiter {
                 limit_bytes: self.memory_bytes_max,
             }));
         }
-        self.store_limits.memory_growing(current, desired, maximum)
+        let granted = self.store_limits.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory_bytes = self.memory_bytes.saturating_add(desired.saturating_sub(current));
+        }
+        Ok(granted)
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -84,6 +91,7 @@ impl HostState {
                 store_limits,
                 memory_bytes_max: limits.memory_bytes_max,
                 table_elements_max: limits.table_elements_max,
+                memory_bytes: 0,
             },
         }
     }
@@ -214,6 +222,12 @@ impl PolicyInstance {
     /// instance, what its start function used.
     pub fn fuel_consumed_last_call(&self) -> u64 {
         self.guest.fuel_consumed_last_call
+    }
+
+    /// Linear memory this instance holds now, in bytes, over all its
+    /// memories.
+    pub fn memory_bytes(&self) -> usize {
+        self.guest.store.data().limiter.memory_bytes
     }
 
     /// Whether an earlier failure left this instance unusable.

@@ -153,6 +153,7 @@
 //! ```
 
 mod cache;
+mod check;
 mod config;
 mod contract;
 mod error;
@@ -164,6 +165,7 @@ mod state;
 mod swap;
 
 pub use crate::cache::{CacheLookup, ModuleCache};
+pub use crate::check::{CheckError, CheckReport, check_policy};
 pub use crate::config::{Allocator, Compiler, Limits, RuntimeConfig};
 pub use crate::contract::{Action, Alert, Command, Level, LogLine, PolicyError, Reading, Severity, Telemetry};
 pub use crate::error::{CallError, Error, GuestBacktrace, GuestFrame, SourceLocation, TrapCode};

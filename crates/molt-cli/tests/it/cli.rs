@@ -9,33 +9,33 @@ use std::process::Command;
 use serde_json::Value;
 
 /// One run of the binary.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// A scratch directory that every command runs in.
-struct Workspace {
-    dir: tempfile::TempDir,
+pub(crate) struct Workspace {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Workspace {
-    fn new() -> Workspace {
+    pub(crate) fn new() -> Workspace {
         Workspace {
             dir: tempfile::tempdir().expect("create a temporary directory"),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn write(&self, name: &str, bytes: &[u8]) {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8]) {
         std::fs::write(self.path(name), bytes).expect("write a test input");
     }
 
-    fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         let output = Command::new(env!("CARGO_BIN_EXE_molt"))
             .args(args)
             .current_dir(self.dir.path())
@@ -50,7 +50,7 @@ impl Workspace {
     }
 
     /// Runs a command that must succeed and returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args);
         assert_eq!(
             run.code, 0,
@@ -61,14 +61,14 @@ impl Workspace {
     }
 
     /// Runs a command with `--json` that must succeed and parses its stdout.
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let stdout = self.ok(&[&["--json"], args].concat());
         serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("molt {args:?}: {error}\n{stdout}"))
     }
 
     /// Runs a command that must fail with `code` and an error containing
     /// each of `expect`.
-    fn fails(&self, args: &[&str], code: i32, expect: &[&str]) -> Run {
+    pub(crate) fn fails(&self, args: &[&str], code: i32, expect: &[&str]) -> Run {
         let run = self.run(args);
         assert_eq!(
             run.code, code,
@@ -86,7 +86,7 @@ impl Workspace {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()
@@ -95,18 +95,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 const AGENT_V1: &[u8] = b"agent image 1.0.0 for rpi4; any bytes work for the release pipeline";
-const THRESHOLD_V1: &[u8] = b"\0asm threshold module 0.1.0";
-const THRESHOLD_V2: &[u8] = b"\0asm threshold module 0.2.0, a little longer";
-const DEADBAND_V1: &[u8] = b"\0asm deadband module 1.0.0";
+/// Real policies: `molt release create` and `molt verify` compile each one
+/// and run its `init` with its config.
+const THRESHOLD_V1: &[u8] = molt_guests::THRESHOLD;
+/// The same policy in C: the same config keys, other bytes.
+const THRESHOLD_V2: &[u8] = molt_guests::THRESHOLD_C;
+const DEADBAND_V1: &[u8] = molt_guests::DEADBAND;
 
 /// Creates keys, a root to pin, and the inputs of two releases.
-fn prepared() -> Workspace {
+pub(crate) fn prepared() -> Workspace {
     let workspace = Workspace::new();
     workspace.write("agent.img", AGENT_V1);
     workspace.write("threshold-0.1.0.wasm", THRESHOLD_V1);
     workspace.write("threshold-0.2.0.wasm", THRESHOLD_V2);
     workspace.write("deadband.wasm", DEADBAND_V1);
-    workspace.write("threshold.json", br#"{"limit": 30.5, "sensor": "t1", "enabled": true}"#);
+    workspace.write(
+        "threshold.json",
+        br#"{"threshold": 30.5, "sensor": 1, "severity": "critical"}"#,
+    );
+    workspace.write("deadband.json", br#"{"deadband": 0.5}"#);
     let init = workspace.json(&["keys", "init", "keys"]);
     assert_eq!(init["root_version"], 1, "{init}");
     let roles: Vec<(&str, u64, u64)> = init["roles"]
@@ -157,7 +164,7 @@ fn create_release_1(workspace: &Workspace) -> Value {
         "--policy",
         "threshold=threshold-0.1.0.wasm@0.1.0:threshold.json",
         "--policy",
-        "deadband=deadband.wasm@1.0.0",
+        "deadband=deadband.wasm@1.0.0:deadband.json",
     ])
 }
 
@@ -199,9 +206,9 @@ fn check_verified(verified: &Value, version: u64, threshold: (&str, &[u8])) {
         ]
     );
     let threshold_config = &policies[1]["config"];
-    assert_eq!(threshold_config["limit"], "30.5", "{verified}");
-    assert_eq!(threshold_config["sensor"], "t1", "{verified}");
-    assert_eq!(threshold_config["enabled"], "true", "{verified}");
+    assert_eq!(threshold_config["threshold"], "30.5", "{verified}");
+    assert_eq!(threshold_config["sensor"], "1", "{verified}");
+    assert_eq!(threshold_config["severity"], "critical", "{verified}");
     assert_eq!(verified["install"]["parts_verified"], 4, "{verified}");
 }
 
@@ -374,7 +381,7 @@ fn release_flow_from_keys_to_verify_and_through_key_rotation() {
         "--policy",
         "threshold=threshold-0.2.0.wasm@0.2.0:threshold.json",
         "--policy",
-        "deadband=deadband.wasm@1.0.0",
+        "deadband=deadband.wasm@1.0.0:deadband.json",
     ]);
     workspace.json(&["release", "sign", "--repo", "repo", "--keys", "keys", "2"]);
     let published = workspace.json(&["repo", "publish", "--repo", "repo", "--keys", "keys", "2"]);
