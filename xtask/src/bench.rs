@@ -53,6 +53,10 @@ const SUITES: &[Suite] = &[
         package: "molt-rollout",
         bench: "rollout",
     },
+    Suite {
+        package: "molt-agent",
+        bench: "outbox",
+    },
 ];
 
 /// Where a figure's value comes from.
@@ -387,6 +391,51 @@ const FIGURES: &[Figure] = &[
         },
         target: Target::None,
         baseline: None,
+    },
+    Figure {
+        section: "molt-agent: durable outbox",
+        what: "Outbox append, 16 messages of 1 KiB per batch, fsync after every append",
+        value: Source::Rate {
+            id: "outbox_append/every_append",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        },
+        target: Target::None,
+        baseline: Some(Source::Rate {
+            id: "outbox_append/plain_write",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        }),
+    },
+    Figure {
+        section: "molt-agent: durable outbox",
+        what: "Outbox append, 16 messages of 1 KiB per batch, fsync once per batch (the default)",
+        value: Source::Rate {
+            id: "outbox_append/every_batch",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        },
+        target: Target::None,
+        baseline: Some(Source::Rate {
+            id: "outbox_append/plain_write",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        }),
+    },
+    Figure {
+        section: "molt-agent: durable outbox",
+        what: "Outbox append, 16 messages of 1 KiB per batch, fsync at most every 100 ms",
+        value: Source::Rate {
+            id: "outbox_append/interval_100ms",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        },
+        target: Target::None,
+        baseline: Some(Source::Rate {
+            id: "outbox_append/plain_write",
+            elements: 16.0,
+            unit: RateUnit::PerSecond("messages"),
+        }),
     },
 ];
 
