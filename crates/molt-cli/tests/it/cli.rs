@@ -663,3 +663,29 @@ fn help_teaches_the_next_step() {
         assert!(help.contains(expected), "molt {command:?} lacks `{expected}`:\n{help}");
     }
 }
+
+#[test]
+fn fleet_sim_stops_a_bad_release_and_replays_from_its_seed() {
+    let workspace = Workspace::new();
+    let args = [
+        "fleet-sim",
+        "--scenario",
+        "healthy",
+        "--devices",
+        "20000",
+        "--seed",
+        "3",
+        "--model",
+        "*=drift:3",
+    ];
+    let first = workspace.json(&args);
+    assert_eq!(first["report"]["outcome"], "rolled_back", "{first:#}");
+    let reason = first["report"]["deciding"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("latency_ms"), "{reason}");
+    assert_eq!(workspace.json(&args), first, "the same seed replays the same run");
+    workspace.fails(
+        &["fleet-sim", "--model", "jetson=traps"],
+        2,
+        &["--model \"jetson=traps\": traps needs a factor", "'jetson=traps:3'"],
+    );
+}
