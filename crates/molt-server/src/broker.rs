@@ -384,6 +384,7 @@ pub async fn start(config: &Config, gate: Arc<Gate>) -> Result<(BrokerAddrs, tok
         .max_connections(limits.broker_connections_max)
         .max_handshaking_limit(limits.broker_handshakes_max)
         .max_packet_size(limits.mqtt_packet_bytes_max)
+        .handshake_timeout(std::time::Duration::from_secs(limits.mqtt_connect_timeout_s))
         .max_qos_allowed(rmqtt::codec::types::QoS::AtLeastOnce)
         .backlog(4096)
         .tls_cross_certificate(true)

@@ -68,6 +68,9 @@ pub struct Limits {
     pub broker_handshakes_max: usize,
     /// Largest MQTT packet, in bytes.
     pub mqtt_packet_bytes_max: u32,
+    /// Longest a device connection may take from TCP accept through the TLS
+    /// handshake, and again from there to a complete CONNECT, in seconds.
+    pub mqtt_connect_timeout_s: u64,
     /// Largest HTTP request body (CSR, API calls), in bytes.
     pub http_body_bytes_max: usize,
     /// Longest lifetime of an enrollment token, in seconds.
@@ -78,6 +81,12 @@ pub struct Limits {
     pub device_cert_days: u32,
     /// Telemetry older than this many days is deleted.
     pub telemetry_retention_days: u32,
+    /// Device groups the server holds.
+    pub groups_max: usize,
+    /// Devices in one static group.
+    pub group_members_max: usize,
+    /// `KEY=VALUE` terms in one dynamic group's query.
+    pub group_query_terms_max: usize,
 }
 
 impl Default for Limits {
@@ -91,11 +100,15 @@ impl Default for Limits {
             broker_connections_max: 20_000,
             broker_handshakes_max: 2_000,
             mqtt_packet_bytes_max: 96 * 1024,
+            mqtt_connect_timeout_s: 10,
             http_body_bytes_max: 64 * 1024,
             enrollment_token_ttl_max_s: 7 * 24 * 3600,
             enrollment_token_uses_max: 100_000,
             device_cert_days: 3650,
             telemetry_retention_days: 30,
+            groups_max: 1000,
+            group_members_max: 100_000,
+            group_query_terms_max: 16,
         }
     }
 }
@@ -202,6 +215,9 @@ impl Config {
             ("limits.ingest_queue_max", l.ingest_queue_max),
             ("limits.broker_connections_max", l.broker_connections_max),
             ("limits.broker_handshakes_max", l.broker_handshakes_max),
+            ("limits.mqtt_connect_timeout_s", l.mqtt_connect_timeout_s as usize),
+            ("limits.groups_max", l.groups_max),
+            ("limits.group_query_terms_max", l.group_query_terms_max),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{name} must be at least 1")));
@@ -254,6 +270,9 @@ broker_connections_max = 20000
 broker_handshakes_max = 2000
 # Largest MQTT packet, in bytes (at least protocol.payload_bytes_max).
 mqtt_packet_bytes_max = 98304
+# Seconds a device may take for its TLS handshake, and again for its CONNECT;
+# a connection that stalls longer is closed.
+mqtt_connect_timeout_s = 10
 # Largest HTTP request body (CSR, API call), in bytes.
 http_body_bytes_max = 65536
 # Longest lifetime and most uses of one enrollment token.
@@ -263,6 +282,11 @@ enrollment_token_uses_max = 100000
 device_cert_days = 3650
 # Telemetry older than this is deleted.
 telemetry_retention_days = 30
+# Device groups, devices in one static group, and terms in one dynamic
+# group's query (KEY=VALUE,... over hardware_class, online and tags).
+groups_max = 1000
+group_members_max = 100000
+group_query_terms_max = 16
 
 [protocol]
 # The device protocol's limits (docs/protocol.md); agents use the same names.

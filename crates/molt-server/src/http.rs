@@ -13,6 +13,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+
+use crate::groups;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,15 +111,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 type St = State<Arc<Shared>>;
 
 /// Who called, with which role.
-struct Caller {
-    name: String,
+pub(crate) struct Caller {
+    pub(crate) name: String,
 }
 
-async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
+pub(crate) async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -161,6 +163,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/tags", put(tag_device))
         .route("/api/v1/devices/{id}/desired", put(set_desired))
+        .route("/api/v1/groups", get(groups::list).post(groups::create))
+        .route("/api/v1/groups/{name}", get(groups::show).delete(groups::delete))
+        .route("/api/v1/groups/{name}/devices", put(groups::set_members))
+        .route("/api/v1/alerts", get(groups::alerts))
+        .route("/api/v1/alerts/{id}/state", put(groups::set_alert_state))
         .route("/api/v1/telemetry", get(telemetry))
         .route("/api/v1/audit", get(audit))
         .route("/metrics", get(metrics))

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod ca;
 pub mod config;
 mod error;
+pub mod groups;
 pub mod http;
 pub mod ingest;
 pub mod store;
@@ -213,4 +214,26 @@ pub async fn run(
     tracing::info!("shutting down: flushing acknowledged messages");
     running.stop().await;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM: the shutdown both server
+/// entries (`molt-server run`, `molt server run`) wait for.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -58,31 +58,11 @@ fn main() -> anyhow::Result<()> {
                 );
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                shutdown_signal().await;
+                molt_server::shutdown_signal().await;
                 running.stop().await;
                 anyhow::Ok(())
             })
         }
         _ => usage(),
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -123,6 +123,9 @@ async fn device(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_devices_sigkill_mid_ingest() {
+    // rumqttc's TLS uses the process-wide rustls provider; with more than
+    // one backend in the build it must be chosen, as the server does.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tmp");
     molt_server::init(dir.path(), &[]).await.expect("init");
     let config = dir.path().join(molt_server::config::CONFIG_FILE);
