@@ -10,8 +10,12 @@ use clap::Parser;
 
 use crate::output::Output;
 
+mod alert;
 mod demo;
+mod device;
+mod fleet_client;
 mod fleet_sim;
+mod group;
 mod keys;
 mod lifetime;
 mod output;
@@ -19,6 +23,8 @@ mod policy;
 mod preflight;
 mod release;
 mod repo;
+mod server;
+mod telemetry;
 mod tuf_client;
 mod verify;
 
@@ -35,6 +41,13 @@ Release for real devices:
   molt release sign --repo ./repo --keys ./keys 1
   molt repo publish --repo ./repo --keys ./keys 1
   molt verify --root root.json --hardware-class rpi4 ./repo/public
+
+Run a fleet server and enroll a device:
+  molt server init ./fleet
+  molt server run --config ./fleet/molt-server.toml
+  export MOLT_SERVER=https://localhost:8443 MOLT_CA=./fleet/device-ca.pem
+  export MOLT_TOKEN=$(cat ./fleet/admin.token)
+  molt device enroll --hardware-class rpi4 --uses 10
 
 Every command takes --json for one machine-readable document on stdout.
 Exit codes: 0 success, 1 failure, 2 usage error.";
@@ -73,6 +86,11 @@ macro_rules! commands {
 
 commands! {
     Demo(demo),
+    Server(server),
+    Device(device),
+    Group(group),
+    Telemetry(telemetry),
+    Alert(alert),
     FleetSim(fleet_sim),
     Keys(keys),
     Policy(policy),
