@@ -363,7 +363,8 @@ const FIGURES: &[Figure] = &[
             elements: 64.0 * 1024.0 * 1024.0,
             unit: RateUnit::MibPerSecond,
         }),
-    },    Figure {
+    },
+    Figure {
         section: "molt-rollout: rollout controller and fleet simulator",
         what: "One wave decision at 320,000 devices (every gate, whole group and each of 4 classes)",
         value: Source::Time {

@@ -480,12 +480,29 @@ fn action_json(action: &Action) -> serde_json::Value {
             json!({"kind": "telemetry", "sensor": t.sensor, "timestamp_ms": t.timestamp_ms, "metric": t.metric, "value": t.value})
         }
         Action::Alert(a) => {
-            json!({"kind": "alert", "sensor": a.sensor, "timestamp_ms": a.timestamp_ms, "severity": format!("{:?}", a.severity).to_lowercase(), "message": a.message})
+            json!({"kind": "alert", "sensor": a.sensor, "timestamp_ms": a.timestamp_ms, "severity": severity_name(a.severity), "message": a.message})
         }
         Action::Command(c) => json!({"kind": "command", "actuator": c.actuator, "value": c.value}),
         Action::Log(l) => {
-            json!({"kind": "log", "level": format!("{:?}", l.level).to_lowercase(), "message": l.message})
+            json!({"kind": "log", "level": level_name(l.level), "message": l.message})
         }
+    }
+}
+
+fn severity_name(severity: molt_wasm::Severity) -> &'static str {
+    match severity {
+        molt_wasm::Severity::Info => "info",
+        molt_wasm::Severity::Warning => "warning",
+        molt_wasm::Severity::Critical => "critical",
+    }
+}
+
+fn level_name(level: molt_wasm::Level) -> &'static str {
+    match level {
+        molt_wasm::Level::Debug => "debug",
+        molt_wasm::Level::Info => "info",
+        molt_wasm::Level::Warn => "warn",
+        molt_wasm::Level::Error => "error",
     }
 }
 

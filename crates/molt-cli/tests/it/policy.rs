@@ -144,6 +144,14 @@ fn run_prints_actions_fuel_and_state_and_round_trips_it() {
         })
         .collect();
     assert_eq!(alerts, [1, 1, 2], "{ran}");
+    // A raise is a warning (the default severity), a clear is info.
+    let first_alert = batches[0]["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .find(|action| action["kind"] == "alert")
+        .expect("an alert");
+    assert_eq!(first_alert["severity"], "warning", "{ran}");
     assert!(ran["state_cid"].as_str().expect("cid").starts_with("bafyrei"), "{ran}");
     assert!(
         ran["round_trip"].as_str().expect("round trip").starts_with("ok"),
