@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 /// Connection options shared by every fleet command.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Conn {
-    /// The server's HTTPS address, e.g. https://fleet.example.com:8443.
+    /// The server's HTTPS address, e.g. `https://fleet.example.com:8443`.
     #[arg(long, env = "MOLT_SERVER")]
     pub(crate) server: String,
     /// API token (better: the MOLT_TOKEN environment variable or --token-file).

@@ -119,7 +119,7 @@ fn erfc(x: f64) -> f64 {
     if x >= 0.0 { value } else { 2.0 - value }
 }
 
-/// Events and exposure of one group, for [`rate_test`].
+/// Events and exposure of one group, for `rate_test`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateSample {
     /// Devices in the group.
@@ -184,7 +184,7 @@ pub(crate) fn rate_test(updated: &RateSample, control: &RateSample, tolerated_ra
     binomial_upper_tail(k, n, p0)
 }
 
-/// The result of [`mann_whitney`].
+/// The result of `mann_whitney`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MannWhitney {
     /// `U` of the first sample: pairs where it is greater, ties counting half.

@@ -14,7 +14,7 @@ const READINGS_BYTES_MAX: u64 = 64 << 20;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Input {
-    /// Readings: CSV with a header (sensor,timestamp_ms,value[,sequence]) or
+    /// Readings: CSV with a header (`sensor,timestamp_ms,value[,sequence]`) or
     /// JSON lines.
     #[arg(long, value_name = "FILE")]
     readings: PathBuf,
