@@ -117,6 +117,12 @@ fn check_name(name: &str) -> Result<(), Error> {
 }
 
 async fn load(shared: &Shared, name: &str) -> Result<Group, Error> {
+    load_with(shared, name, None).await
+}
+
+/// [`load`], evaluating a dynamic group over `devices` when the caller
+/// already read them (a list of every group reads the registry once).
+async fn load_with(shared: &Shared, name: &str, devices: Option<&[DeviceRow]>) -> Result<Group, Error> {
     let row = sqlx::query("SELECT query FROM device_groups WHERE name = $1")
         .bind(name)
         .fetch_optional(shared.store.pool())
@@ -126,14 +132,13 @@ async fn load(shared: &Shared, name: &str) -> Result<Group, Error> {
     let devices = match &query {
         Some(q) => {
             let parsed = GroupQuery::parse(q, usize::MAX)?;
-            shared
-                .store
-                .devices()
-                .await?
-                .into_iter()
-                .filter(|d| parsed.matches(d))
-                .map(|d| d.id)
-                .collect()
+            let matching = |all: &[DeviceRow]| -> Vec<String> {
+                all.iter().filter(|d| parsed.matches(d)).map(|d| d.id.clone()).collect()
+            };
+            match devices {
+                Some(all) => matching(all),
+                None => matching(&shared.store.devices().await?),
+            }
         }
         None => {
             let rows = sqlx::query("SELECT device FROM group_members WHERE group_name = $1 ORDER BY device")
@@ -257,10 +262,11 @@ pub async fn list(State(shared): St, headers: HeaderMap) -> ApiResult<Vec<Group>
         .fetch_all(shared.store.pool())
         .await
         .map_err(Error::from)?;
+    let devices = shared.store.devices().await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let name: String = r.try_get(0).map_err(Error::from)?;
-        out.push(load(&shared, &name).await?);
+        out.push(load_with(&shared, &name, Some(&devices)).await?);
     }
     Ok(Json(out))
 }

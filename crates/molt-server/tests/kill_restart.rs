@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Identity, telemetry_payload};
+use common::{Identity, choose_tls_provider, telemetry_payload};
 use molt_server::store::{Store, Table};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
@@ -123,9 +123,7 @@ async fn device(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_devices_sigkill_mid_ingest() {
-    // rumqttc's TLS uses the process-wide rustls provider; with more than
-    // one backend in the build it must be chosen, as the server does.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    choose_tls_provider();
     let dir = tempfile::tempdir().expect("tmp");
     molt_server::init(dir.path(), &[]).await.expect("init");
     let config = dir.path().join(molt_server::config::CONFIG_FILE);

@@ -128,10 +128,14 @@ pub struct Device {
     pub seq: u64,
 }
 
-pub fn options(identity: &Identity, client_id: &str, ca: &[u8], port: u16) -> MqttOptions {
-    // rumqttc's TLS uses the process-wide provider; with more than one
-    // rustls backend in the build, it must be chosen, as the server does.
+/// rumqttc's TLS uses the process-wide rustls provider; with more than one
+/// backend in the build it must be chosen, as the server does.
+pub fn choose_tls_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn options(identity: &Identity, client_id: &str, ca: &[u8], port: u16) -> MqttOptions {
+    choose_tls_provider();
     let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
