@@ -6,7 +6,7 @@
 //! cargo xtask test        the whole test suite (the README's test command)
 //! cargo xtask check       format, clippy, docs, no_std build, fuzz compile check
 //! cargo xtask ci          `test`, then `check`: what .ci/run does
-//! cargo xtask deps        install what the build needs if missing: the toolchain's targets, clang, lld
+//! cargo xtask deps        install what the build and tests need if missing: the toolchain's targets, clang, lld, Zig
 //! cargo xtask bench       run every benchmark and rewrite docs/benchmarks.md
 //! cargo xtask conformance run the tuf-conformance suite (a checkout given) against molt tuf-client
 //! ```
@@ -32,7 +32,7 @@ Tasks:
               MOLT_CRASH_RUNS=<n> scales it up (default 10000), MOLT_CRASH_SEED=<n>
               picks the seed, MOLT_CRASH_ONLY=<case> replays one failed case.
   test        The whole test suite, the README's test command: installs what the build
-              needs (deps), then runs cargo test --workspace and the guest policies'
+              and the tests need (deps), then runs cargo test --workspace and the guest policies'
               native tests.
   check       Format check, clippy with warnings denied (host workspace, and guests for
               wasm32), docs with warnings denied, the no_std build of molt-core and
@@ -53,7 +53,9 @@ Tasks:
   deps        Install what the build needs beyond rustup's default toolchain, whatever is
               missing: the targets rust-toolchain.toml lists (rustup target add), and clang
               and lld, which compile the C guest policies in guests-c/ (apt-get, with sudo
-              when not root). demo, test and ci run it first.
+              when not root), and for the tests Zig 0.15.2, which compiles the example in
+              guests-zig/ (PyPI's ziglang wheel, pip-installed into .tools/zig; MOLT_ZIG
+              names another). demo runs the build part first, test and ci all of it.
 ";
 
 fn main() -> ExitCode {
@@ -62,9 +64,14 @@ fn main() -> ExitCode {
         Some("crash-sim") => crash_sim(),
         Some("check") => check(),
         Some("demo") => setup::build_deps().and_then(|()| demo(&std::env::args().skip(2).collect::<Vec<_>>())),
-        Some("test") => setup::build_deps().and_then(|()| test()),
-        Some("ci") => setup::build_deps().and_then(|()| test()).and_then(|()| check()),
-        Some("deps") => setup::build_deps(),
+        Some("test") => setup::build_deps()
+            .and_then(|()| setup::test_deps())
+            .and_then(|()| test()),
+        Some("ci") => setup::build_deps()
+            .and_then(|()| setup::test_deps())
+            .and_then(|()| test())
+            .and_then(|()| check()),
+        Some("deps") => setup::build_deps().and_then(|()| setup::test_deps()),
         Some("bench") => bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("conformance") => conformance::conformance(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("-h" | "--help" | "help") | None => {

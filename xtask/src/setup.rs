@@ -3,7 +3,10 @@
 //!
 //! - the Rust targets `rust-toolchain.toml` lists (rustup installs a pinned toolchain's targets only when it
 //!   installs the toolchain itself, not when the toolchain is already there);
-//! - Debian's clang and lld, which compile and link the C guest policies.
+//! - Debian's clang and lld, which compile and link the C guest policies;
+//! - for the test suite only, Zig, which compiles the example policy in `guests-zig/`: PyPI's `ziglang` wheel,
+//!   installed with pip into `.tools/zig` in the checkout, not onto the system (the wheel is the official Zig
+//!   release, and pip and Python are on more machines than any Zig package).
 //!
 //! Each step checks first and installs only what is missing, so a second run costs a few process starts.
 
@@ -101,6 +104,58 @@ fn toml_list(text: &str, key: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The Zig release `guests-zig/` is written for (Zig's standard library still changes between releases).
+const ZIG_VERSION: &str = "0.15.2";
+
+/// What the test suite needs beyond the build: Zig, unless `MOLT_ZIG` names one.
+pub(crate) fn test_deps() -> Result<()> {
+    if let Some(zig) = std::env::var_os("MOLT_ZIG") {
+        eprintln!("xtask: deps: Zig from MOLT_ZIG ({})", PathBuf::from(zig).display());
+        return Ok(());
+    }
+    zig()
+}
+
+/// PyPI's `ziglang` wheel, pinned to [`ZIG_VERSION`], installed with pip into `.tools/zig`, where
+/// `crates/molt-cli/tests/it/policy.rs` looks for it.
+fn zig() -> Result<()> {
+    let dir = workspace_root().join(".tools/zig");
+    let zig = dir.join("ziglang/zig");
+    let installed = dir.join(format!("ziglang-{ZIG_VERSION}.dist-info"));
+    if installed.is_dir() && zig.is_file() {
+        eprintln!("xtask: deps: Zig {ZIG_VERSION} installed ({})", zig.display());
+        return Ok(());
+    }
+    let Some(python) = ["python3", "python"].into_iter().find(|python| command_exists(python)) else {
+        bail!(
+            "the test suite builds guests-zig/ with Zig {ZIG_VERSION}, which `cargo xtask deps` installs from PyPI with pip, \
+             but there is no python3: install python3 and python3-pip, or set MOLT_ZIG to a zig {ZIG_VERSION} binary"
+        );
+    };
+    run(
+        &format!("{python} -m pip install --target .tools/zig ziglang=={ZIG_VERSION} (Zig, for guests-zig/)"),
+        Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "--target"])
+            .arg(&dir)
+            .arg(format!("ziglang=={ZIG_VERSION}"))
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )
+    .with_context(|| {
+        format!(
+            "installing Zig {ZIG_VERSION} from PyPI (if {python} has no pip: install python3-pip, or set MOLT_ZIG to a zig \
+             {ZIG_VERSION} binary)"
+        )
+    })?;
+    if !zig.is_file() {
+        bail!(
+            "pip installed ziglang=={ZIG_VERSION} but {} is not there",
+            zig.display()
+        );
+    }
+    eprintln!("xtask: deps: Zig {ZIG_VERSION} installed ({})", zig.display());
+    Ok(())
 }
 
 /// clang and lld from apt-get, if either is missing.

@@ -612,3 +612,152 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     found.sort();
     found
 }
+
+/// The Zig release `cargo xtask deps` installs into `.tools/zig` (PyPI's
+/// `ziglang` wheel), or the binary `MOLT_ZIG` names.
+fn zig() -> std::path::PathBuf {
+    if let Some(zig) = std::env::var_os("MOLT_ZIG") {
+        return zig.into();
+    }
+    let zig = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/zig/ziglang/zig");
+    assert!(
+        zig.is_file(),
+        "Zig is not installed at {}: `cargo xtask deps` installs it from PyPI (or set MOLT_ZIG to a zig 0.15 binary)",
+        zig.display()
+    );
+    zig
+}
+
+/// The guide's third-language example, guests-zig/rate/rate.zig: compiled
+/// from source with Zig into a core module, wrapped by `molt policy build
+/// --core`, then checked, run and swapped like any policy.
+#[test]
+fn a_zig_policy_builds_checks_runs_and_swaps() {
+    let workspace = with_inputs();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests-zig/rate/rate.zig");
+    let output = std::process::Command::new(zig())
+        .arg("build-exe")
+        .arg(&source)
+        .args([
+            "-target",
+            "wasm32-freestanding",
+            "-fno-entry",
+            "-rdynamic",
+            "-O",
+            "ReleaseSmall",
+        ])
+        .arg(format!("-femit-bin={}", workspace.path("rate.core.wasm").display()))
+        .current_dir(workspace.dir.path())
+        .output()
+        .expect("run zig");
+    assert!(
+        output.status.success(),
+        "zig build-exe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let built = workspace.json(&["policy", "build", "--core", "rate.core.wasm", "--output", "rate.wasm"]);
+    assert_eq!(built["embedded_world"], true, "{built}");
+    workspace.write("rate.json", br#"{"max_rate": 5}"#);
+    workspace.write("rate-10.json", br#"{"max_rate": 10, "severity": "critical"}"#);
+    workspace.write("rate-typo.json", br#"{"max_rat": 5}"#);
+    workspace.write("rate-zero.json", br#"{"max_rate": 0}"#);
+
+    let checked = workspace.json(&["policy", "check", "rate.wasm", "--config", "rate.json"]);
+    assert!(checked["init_fuel"].as_u64().expect("init_fuel") > 0, "{checked}");
+    for (config, expect) in [
+        (
+            "rate-typo.json",
+            "unknown key `max_rat` (known keys: max_rate, sensor, severity)",
+        ),
+        ("rate-zero.json", "`max_rate`: must be a finite number above 0, got `0`"),
+    ] {
+        workspace.fails(&["policy", "check", "rate.wasm", "--config", config], 1, &[expect]);
+    }
+
+    // 20, 31, 32, 25, 33, 20 a second apart: rates 11, 1, -7, 8, -13 per
+    // second, of which all but 1 are faster than 5.
+    let ran = workspace.json(&[
+        "policy",
+        "run",
+        "rate.wasm",
+        "--config",
+        "rate.json",
+        "--readings",
+        "readings.csv",
+        "--batch",
+        "2",
+    ]);
+    let actions: Vec<&Value> = ran["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .flat_map(|batch| batch["actions"].as_array().expect("actions"))
+        .collect();
+    let rates: Vec<f64> = actions
+        .iter()
+        .filter(|action| action["kind"] == "telemetry")
+        .map(|action| action["value"].as_f64().expect("a rate"))
+        .collect();
+    assert_eq!(rates, [11.0, 1.0, -7.0, 8.0, -13.0], "{ran}");
+    let alerts: Vec<&&Value> = actions.iter().filter(|action| action["kind"] == "alert").collect();
+    assert_eq!(alerts.len(), 4, "{ran}");
+    assert_eq!(alerts[0]["severity"], "warning", "{ran}");
+    assert!(
+        alerts[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("changing at 11.00 per s, faster than max_rate 5"),
+        "{ran}"
+    );
+    assert!(
+        ran["round_trip"].as_str().expect("round trip").starts_with("ok"),
+        "{ran}"
+    );
+
+    // A live swap to max_rate 10: the new instance restores the old one's
+    // last reading per sensor, so its first rate is computed across the swap,
+    // and from then on only changes faster than 10 per second raise alerts.
+    let swapped = workspace.json(&[
+        "policy",
+        "swap",
+        "rate.wasm",
+        "rate.wasm",
+        "--config",
+        "rate.json",
+        "--new-config",
+        "rate-10.json",
+        "--readings",
+        "readings.csv",
+        "--batch",
+        "1",
+        "--at",
+        "4",
+    ]);
+    assert_eq!(swapped["swapped_at_batch"], 4, "{swapped}");
+    assert!(
+        !swapped["differences"].as_array().expect("differences").is_empty(),
+        "{swapped}"
+    );
+    // The threshold policy's state is not a rate state: restore refuses it.
+    workspace.fails(
+        &[
+            "policy",
+            "swap",
+            "threshold.wasm",
+            "rate.wasm",
+            "--config",
+            "threshold.json",
+            "--new-config",
+            "rate.json",
+            "--readings",
+            "readings.csv",
+            "--batch",
+            "1",
+            "--at",
+            "2",
+        ],
+        1,
+        &["not a rate state"],
+    );
+}
