@@ -89,4 +89,42 @@ impl Client {
         }
         Ok(value)
     }
+
+    /// Uploads raw bytes with `PUT`.
+    pub(crate) async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("could not reach {}", self.base))?;
+        let status = response.status();
+        let value: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            let code = value["error"]["code"].as_str().unwrap_or("unknown");
+            let message = value["error"]["message"].as_str().unwrap_or("no message");
+            bail!("server refused ({status}, {code}): {message}");
+        }
+        Ok(value)
+    }
+
+    /// The length of a file the server serves at `path`, or `None` if it serves none.
+    pub(crate) async fn served_length(&self, path: &str) -> anyhow::Result<Option<u64>> {
+        let response = self
+            .http
+            .head(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("could not reach {}", self.base))?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        Ok(response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok()))
+    }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use molt_release::repo::{Expiry, Published, Repo};
 use serde::Serialize;
 
-use crate::output::{Output, Report};
+use crate::output::{Output, Report, human_bytes};
 
 /// Publish signed releases into the directory devices download from.
 #[derive(Debug, clap::Args)]
@@ -26,6 +26,37 @@ pub(crate) struct Args {
 enum Command {
     Publish(PublishArgs),
     Refresh(RefreshArgs),
+    Push(PushArgs),
+}
+
+/// Upload a published repository to a molt server, which hosts it for its
+/// devices.
+///
+/// Uploads `<WORKSPACE>/public/` (signed metadata and targets; never a key)
+/// file by file, skipping targets the server already serves, then asks the
+/// server to commit. The server verifies the upload as a device would (TUF
+/// from its pinned root, molt's release rules for every hardware class,
+/// every part's hashes) and only then serves it at https://HOST:PORT/repo/.
+/// The first push pins the repository's root on the server: pass
+/// --pin-root with an admin token; enrolled devices receive that root.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  molt repo push --repo ./repo --server https://127.0.0.1:8443 --ca fleet/device-ca.pem \\
+      --token-file fleet/admin.token --pin-root                  (the first push)
+  MOLT_TOKEN=... molt repo push --repo ./repo --server https://fleet.example.com:8443
+
+Next:
+  molt verify --root root.json https://HOST:PORT/repo/      what a device would install")]
+struct PushArgs {
+    /// The repository workspace (its public/ directory is pushed).
+    #[arg(long, value_name = "WORKSPACE")]
+    repo: PathBuf,
+    /// Pin this repository's first root on the server (the first push; admin token).
+    #[arg(long)]
+    pin_root: bool,
+    #[command(flatten)]
+    conn: crate::fleet_client::Conn,
 }
 
 /// Publish a signed release into `<WORKSPACE>/public/`.
@@ -102,7 +133,149 @@ pub(crate) async fn run(args: Args, output: &Output) -> anyhow::Result<()> {
     match args.command {
         Command::Publish(args) => publish(args, output).await,
         Command::Refresh(args) => refresh(args, output).await,
+        Command::Push(args) => push(args, output).await,
     }
+}
+
+#[derive(Debug, Serialize)]
+struct PushReport {
+    server: String,
+    files_uploaded: usize,
+    files_skipped: usize,
+    bytes_uploaded: u64,
+    #[serde(flatten)]
+    committed: serde_json::Value,
+}
+
+impl Report for PushReport {
+    fn human(&self) -> String {
+        let c = &self.committed;
+        let release = c["release_set"]
+            .as_u64()
+            .map_or_else(|| "no release set".to_owned(), |v| format!("release set {v}"));
+        let classes = c["hardware_classes"]
+            .as_array()
+            .map(|classes| classes.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join(", "))
+            .filter(|classes| !classes.is_empty())
+            .map_or_else(
+                || "policies only".to_owned(),
+                |classes| format!("hardware classes {classes}"),
+            );
+        let resigned = if c["timestamp_resigned"] == true {
+            ", re-signed by the server"
+        } else {
+            ""
+        };
+        let pinned = if c["root_pinned"] == true {
+            "\n  pinned this repository's root: devices enrolled from now on receive it"
+        } else {
+            ""
+        };
+        let url = c["url"].as_str().unwrap_or("");
+        format!(
+            "pushed to {}: {} files uploaded ({}), {} already there\n  the server verified {release} ({classes}) as a device would\n  \
+             serving timestamp v{}{resigned} at {url}{pinned}\n\nnext:\n  molt verify --root root.json {url}\n  \
+             molt device desire ID --release N    to move a device to it\n",
+            self.server,
+            self.files_uploaded,
+            human_bytes(self.bytes_uploaded),
+            self.files_skipped,
+            c["timestamp_version"],
+        )
+    }
+}
+
+/// Every file under `dir`, relative to it, with `/` separators.
+fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).with_context(|| format!("listing {}", current.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", current.display()))?;
+            let path = entry.path();
+            if entry
+                .file_type()
+                .with_context(|| format!("reading {}", path.display()))?
+                .is_dir()
+            {
+                pending.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                let relative = relative
+                    .to_str()
+                    .with_context(|| format!("{} is not a UTF-8 path", path.display()))?;
+                files.push(relative.to_owned());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+async fn push(args: PushArgs, output: &Output) -> anyhow::Result<()> {
+    use molt_release::download::Progress as _;
+    let public = args.repo.join("public");
+    if !public.join("metadata/timestamp.json").is_file() {
+        anyhow::bail!(
+            "{} has nothing published (no metadata/timestamp.json); run `molt repo publish --repo {} --keys <KEYS> <VERSION>` first",
+            public.display(),
+            args.repo.display()
+        );
+    }
+    let client = args.conn.client()?;
+    let files = files_under(&public)?;
+    let started = client
+        .call(reqwest::Method::POST, "/api/v1/repository/uploads", None, &[])
+        .await
+        .context("could not start an upload")?;
+    let id = started["id"]
+        .as_str()
+        .context("the server's answer to an upload has no id")?
+        .to_owned();
+    let mut sizes = Vec::with_capacity(files.len());
+    for file in &files {
+        let length = std::fs::metadata(public.join(file))
+            .with_context(|| format!("reading {}", public.join(file).display()))?
+            .len();
+        sizes.push(length);
+    }
+    let bars = output.progress();
+    bars.start(&format!("push {} files", files.len()), sizes.iter().sum(), 0);
+    let (mut uploaded, mut skipped, mut bytes) = (0, 0, 0);
+    for (file, length) in files.iter().zip(&sizes) {
+        // Targets are hash-named: one the server serves with the same length is this file.
+        if file.starts_with("targets/") && client.served_length(&format!("/repo/{file}")).await? == Some(*length) {
+            skipped += 1;
+        } else {
+            let body =
+                std::fs::read(public.join(file)).with_context(|| format!("reading {}", public.join(file).display()))?;
+            client
+                .put_bytes(&format!("/api/v1/repository/uploads/{id}/files/{file}"), body)
+                .await
+                .with_context(|| {
+                    format!("uploading {file}; nothing is served until the push commits, so push again")
+                })?;
+            uploaded += 1;
+            bytes += length;
+        }
+        bars.advance(*length);
+    }
+    bars.finish();
+    let committed = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/repository/uploads/{id}/commit"),
+            Some(serde_json::json!({ "pin_root": args.pin_root })),
+            &[],
+        )
+        .await
+        .context("the server did not publish the upload; what it served before is unchanged")?;
+    output.report(&PushReport {
+        server: args.conn.server.clone(),
+        files_uploaded: uploaded,
+        files_skipped: skipped,
+        bytes_uploaded: bytes,
+        committed,
+    })
 }
 
 #[derive(Debug, Serialize)]

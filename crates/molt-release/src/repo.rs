@@ -104,6 +104,26 @@ pub struct Published {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RepoError {
+    /// The key given to re-sign the timestamp is not one of root's timestamp keys.
+    #[error(
+        "key {keyid} is not a timestamp key of root version {root_version}; give the online timestamp key the root lists"
+    )]
+    NotATimestampKey {
+        /// The key's id.
+        keyid: String,
+        /// The root that was read.
+        root_version: u64,
+    },
+    /// Root needs more timestamp signatures than one key gives.
+    #[error(
+        "root version {root_version} needs {threshold} timestamp signatures; one online key can re-sign only a threshold of 1"
+    )]
+    TimestampThreshold {
+        /// The root that was read.
+        root_version: u64,
+        /// Its timestamp threshold.
+        threshold: u64,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -947,4 +967,91 @@ fn parse_version(field: &str, value: &str) -> Result<molt_core::Version, RepoErr
 
 fn check_version(field: &str, value: &str) -> Result<(), RepoError> {
     parse_version(field, value).map(|_| ())
+}
+
+/// The timestamp a repository serves: its version and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampInfo {
+    /// Its version.
+    pub version: u64,
+    /// When it expires, in seconds since the Unix epoch.
+    pub expires_unix_s: i64,
+}
+
+/// Reads `metadata_dir/timestamp.json` (without verifying it: the caller
+/// verified the repository when it took it in).
+pub fn timestamp_info(metadata_dir: &Path) -> Result<TimestampInfo, RepoError> {
+    let path = metadata_dir.join("timestamp.json");
+    let timestamp: Signed<Timestamp> = metadata::decode("timestamp.json", &read_bounded(&path, METADATA_BYTES_MAX)?)?;
+    Ok(TimestampInfo {
+        version: timestamp.signed.version.get(),
+        expires_unix_s: timestamp.signed.expires.as_second(),
+    })
+}
+
+/// Re-signs `metadata_dir/timestamp.json` as `version` (or the next
+/// version when `None`), pinning the same snapshot, expiring `lifetime`
+/// from now, with `key` alone.
+///
+/// This is what TUF means the timestamp role's online key for: a server
+/// that hosts a repository keeps its timestamp fresh without holding the
+/// root, targets or snapshot keys. The key must be one of the timestamp
+/// keys of the repository's `root.json`, with a threshold of 1, or devices
+/// would refuse the result. The file is replaced atomically.
+pub async fn resign_timestamp(
+    metadata_dir: &Path,
+    key: &crate::keys::Signer,
+    version: Option<u64>,
+    lifetime: Duration,
+) -> Result<TimestampInfo, RepoError> {
+    let root: Signed<Root> = metadata::decode(
+        "root.json",
+        &read_bounded(&metadata_dir.join("root.json"), METADATA_BYTES_MAX)?,
+    )?;
+    let root_version = root.signed.version.get();
+    let role = root
+        .signed
+        .roles
+        .get(&tough::schema::RoleType::Timestamp)
+        .ok_or_else(|| RepoError::Tuf {
+            what: "root.json",
+            reason: "no timestamp role".to_owned(),
+        })?;
+    let keyid = key.keyid_bytes();
+    if !role.keyids.iter().any(|listed| listed.as_ref() == keyid) {
+        return Err(RepoError::NotATimestampKey {
+            keyid: key.keyid(),
+            root_version,
+        });
+    }
+    if role.threshold.get() != 1 {
+        return Err(RepoError::TimestampThreshold {
+            root_version,
+            threshold: role.threshold.get(),
+        });
+    }
+    let path = metadata_dir.join("timestamp.json");
+    let old: Signed<Timestamp> = metadata::decode("timestamp.json", &read_bounded(&path, METADATA_BYTES_MAX)?)?;
+    let version = match version {
+        Some(version) => NonZeroU64::new(version).ok_or_else(|| RepoError::Tuf {
+            what: "re-signing timestamp",
+            reason: "version 0".to_owned(),
+        })?,
+        None => old.signed.version.saturating_add(1),
+    };
+    let mut timestamp = Timestamp::new(
+        metadata::SPEC_VERSION.to_owned(),
+        version,
+        metadata::expires_in(lifetime)?,
+    );
+    timestamp.meta = old.signed.meta;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let signed = SignedRole::new(timestamp, &KeyHolder::Root(root.signed), &[key.key_source()], &rng)
+        .await
+        .map_err(tuf_error("signing timestamp"))?;
+    write_atomic(&path, signed.buffer())?;
+    Ok(TimestampInfo {
+        version: version.get(),
+        expires_unix_s: signed.signed().signed.expires.as_second(),
+    })
 }

@@ -29,6 +29,12 @@ pub struct Config {
     /// The device protocol's message limits (`molt_protocol::Limits`).
     #[serde(default)]
     pub protocol: ProtocolLimits,
+    /// Alert notifications to an HTTP endpoint; off unless `url` is set.
+    #[serde(default)]
+    pub webhook: Webhook,
+    /// Release hosting: uploads from `molt repo push` and the timestamp key.
+    #[serde(default)]
+    pub repository: Repository,
 }
 
 /// Listening addresses; port 0 picks a free port and the server prints it.
@@ -113,6 +119,139 @@ impl Default for Limits {
     }
 }
 
+/// `[repository]`: release hosting ([`crate::releases`]). Each key is
+/// named in the error it causes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Repository {
+    /// Largest file one push may upload, in bytes.
+    pub upload_file_bytes_max: u64,
+    /// Most files one push may upload.
+    pub upload_files_max: usize,
+    /// Uploads open at once (started, not yet committed or aborted).
+    pub uploads_max: usize,
+    /// The online TUF timestamp key (a PEM key file of `molt keys init`,
+    /// the one `keys.json` lists under `roles.timestamp`), relative to `data_dir`; none means the server
+    /// serves the timestamps operators push and never signs one.
+    pub timestamp_key: Option<PathBuf>,
+    /// Lifetime of a timestamp the server signs, in seconds.
+    pub timestamp_lifetime_s: u64,
+    /// Re-sign the served timestamp when it expires within this many seconds.
+    pub timestamp_resign_before_s: u64,
+    /// How often the server looks at the served timestamp, in seconds.
+    pub timestamp_check_interval_s: u64,
+}
+
+impl Default for Repository {
+    fn default() -> Repository {
+        Repository {
+            upload_file_bytes_max: 1 << 30,
+            upload_files_max: 10_000,
+            uploads_max: 4,
+            timestamp_key: None,
+            timestamp_lifetime_s: 24 * 3600,
+            timestamp_resign_before_s: 6 * 3600,
+            timestamp_check_interval_s: 60,
+        }
+    }
+}
+
+/// `[webhook]`: every alert newly stored is POSTed as JSON to `url`
+/// ([`crate::webhook`]). Each key is named in the error or log line it causes.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhook {
+    /// `http://` or `https://` URL; empty means no webhook.
+    pub url: String,
+    /// Notifications waiting for delivery; above it new ones are dropped
+    /// (and counted), so a slow receiver never holds up ingest.
+    pub queue_max: usize,
+    /// Further attempts after the first fails with a connection error, a
+    /// timeout, a 5xx or a 429; other statuses are not retried.
+    pub retries_max: u32,
+    /// Wait before the first retry, in ms; doubled after every retry.
+    pub retry_backoff_ms: u64,
+    /// Longest wait between retries, in ms (also caps a `Retry-After`).
+    pub retry_backoff_max_ms: u64,
+    /// Longest one request may take, connect to response, in ms.
+    pub timeout_ms: u64,
+    /// Sent as `Authorization: Bearer TOKEN` when not empty.
+    pub token: String,
+}
+
+impl Default for Webhook {
+    fn default() -> Webhook {
+        Webhook {
+            url: String::new(),
+            queue_max: 10_000,
+            retries_max: 5,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 30_000,
+            timeout_ms: 5_000,
+            token: String::new(),
+        }
+    }
+}
+
+// By hand, so that a logged config never shows the token.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("queue_max", &self.queue_max)
+            .field("retries_max", &self.retries_max)
+            .field("retry_backoff_ms", &self.retry_backoff_ms)
+            .field("retry_backoff_max_ms", &self.retry_backoff_max_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// Whether notifications are sent at all.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// Refuses settings that cannot work, naming the key.
+    pub fn check(&self) -> Result<(), Error> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(self.url.trim())
+            .map_err(|e| Error::Config(format!("webhook.url = {:?} is not a URL: {e}", self.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Error::Config(format!(
+                "webhook.url = {:?} must be an http:// or https:// URL with a host",
+                self.url
+            )));
+        }
+        for (name, value) in [
+            ("webhook.queue_max", self.queue_max as u64),
+            ("webhook.retry_backoff_ms", self.retry_backoff_ms),
+            ("webhook.timeout_ms", self.timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.retry_backoff_max_ms < self.retry_backoff_ms {
+            return Err(Error::Config(format!(
+                "webhook.retry_backoff_max_ms ({}) is below webhook.retry_backoff_ms ({})",
+                self.retry_backoff_max_ms, self.retry_backoff_ms
+            )));
+        }
+        if !self.token.is_empty() && reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token)).is_err()
+        {
+            return Err(Error::Config(
+                "webhook.token must be printable ASCII (it is sent in an HTTP header)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `molt_protocol::Limits`, under the same names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +332,8 @@ impl Config {
             },
             limits: Limits::default(),
             protocol: ProtocolLimits::default(),
+            webhook: Webhook::default(),
+            repository: Repository::default(),
         }
     }
 
@@ -229,7 +370,7 @@ impl Config {
                 l.mqtt_packet_bytes_max, self.protocol.payload_bytes_max
             )));
         }
-        Ok(())
+        self.webhook.check()
     }
 }
 
@@ -298,4 +439,44 @@ alerts_per_message_max = 256
 text_len_max = 2048
 name_len_max = 128
 policies_max = 64
+
+[webhook]
+# Every alert newly stored (state "open") is POSTed as JSON to this http://
+# or https:// URL: id, device, seq, policy, sensor, t_ms, severity, message,
+# state. A resent message does not notify again. Empty: no webhook.
+url = ""
+# Notifications waiting for delivery; above it new ones are dropped and
+# counted (molt_webhook_dropped_total), so ingest never waits for the receiver.
+# The alerts themselves are always stored.
+queue_max = 10000
+# Retries after a connection error, a timeout, a 5xx or a 429 (other
+# statuses are not retried), waiting retry_backoff_ms, doubled each time, at
+# most retry_backoff_max_ms (milliseconds).
+retries_max = 5
+retry_backoff_ms = 500
+retry_backoff_max_ms = 30000
+# Longest one request may take, in milliseconds.
+timeout_ms = 5000
+# Sent as "Authorization: Bearer TOKEN" when not empty.
+token = ""
+
+[repository]
+# Release hosting: `molt repo push --server URL` uploads a published
+# repository here; the server verifies it as a device would and serves it
+# at https://HOST:PORT/repo/ (with Range requests). It never holds root,
+# targets or snapshot keys.
+# Largest file, most files and uploads open at once, for one push.
+upload_file_bytes_max = 1073741824
+upload_files_max = 10000
+uploads_max = 4
+# The online timestamp key (relative to data_dir): a copy of the key file
+# KEYS/KEYID.pem that KEYS/keys.json lists under roles.timestamp. The server
+# then re-signs timestamp.json before it expires. Without it, operators keep
+# it fresh (`molt repo refresh`, then push). Never put another role's key here.
+# timestamp_key = "KEYID.pem"
+# Lifetime of a timestamp the server signs; re-sign this long before expiry;
+# how often to look (seconds).
+timestamp_lifetime_s = 86400
+timestamp_resign_before_s = 21600
+timestamp_check_interval_s = 60
 "#;

@@ -172,6 +172,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(shared.config.limits.http_body_bytes_max))
+        .merge(crate::releases::router(&shared))
         .with_state(shared)
 }
 
@@ -282,6 +283,9 @@ pub struct EnrollResponse {
     pub broker: String,
     /// The pinned TUF root (JSON), when the server hosts releases.
     pub tuf_root: Option<serde_json::Value>,
+    /// Where the server serves its TUF repository (`https://HOST:PORT/repo/`).
+    #[serde(default)]
+    pub repository: Option<String>,
 }
 
 async fn enroll(State(shared): St, Json(req): Json<EnrollRequest>) -> ApiResult<EnrollResponse> {
@@ -401,6 +405,7 @@ async fn enroll(State(shared): St, Json(req): Json<EnrollRequest>) -> ApiResult<
         device_id: device.as_str().to_owned(),
         certificate_pem: signed.cert_pem,
         ca_chain_pem: shared.ca.cert_pem.clone(),
+        repository: tuf_root.as_ref().map(|_| crate::releases::repository_url(&shared)),
         broker,
         tuf_root,
     }))
@@ -643,6 +648,27 @@ async fn metrics(State(shared): St) -> String {
         let _ = writeln!(out, "molt_refusals_total{{reason=\"{reason}\"}} {n}");
     }
     let _ = writeln!(out, "molt_refusals_total{{reason=\"decode\"}} {}", l(&i.decode_refused));
+    let w = &shared.webhook;
+    for (name, kind, value) in [
+        ("molt_webhook_delivered_total", "counter", l(&w.delivered)),
+        ("molt_webhook_retried_total", "counter", l(&w.retried)),
+        ("molt_webhook_failed_total", "counter", l(&w.failed)),
+        ("molt_webhook_dropped_total", "counter", l(&w.dropped)),
+        ("molt_webhook_queue_depth", "gauge", l(&w.queue_depth)),
+        ("molt_repository_pushes_total", "counter", l(&shared.releases.pushes)),
+        (
+            "molt_repository_pushes_refused_total",
+            "counter",
+            l(&shared.releases.pushes_refused),
+        ),
+        (
+            "molt_repository_timestamps_resigned_total",
+            "counter",
+            l(&shared.releases.resigned),
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
     out
 }
 

@@ -21,6 +21,7 @@ use crate::Error;
 use crate::broker::SERVER_USER;
 use crate::config::Config;
 use crate::store::{Store, Uplink};
+use crate::webhook::Notifier;
 
 /// Ingest counters, for `/metrics` and the tests.
 #[derive(Debug, Default)]
@@ -102,14 +103,14 @@ struct Received {
 }
 
 /// Connects the server's client to the broker's local listener and starts
-/// the ingest tasks. `subscribed` receives devices that just subscribed
-/// (the director then re-sends their desired state).
+/// the ingest tasks. Alerts a committed batch inserted go to `notifier`.
 pub async fn start(
     config: &Config,
     local: SocketAddr,
     secret: &str,
     store: Store,
     stats: Arc<IngestStats>,
+    notifier: Notifier,
     shutdown: tokio_util_shutdown::Shutdown,
 ) -> Result<(Downlink, tokio::task::JoinHandle<()>), Error> {
     let mut options = MqttOptions::new(SERVER_USER, local.ip().to_string(), local.port());
@@ -193,6 +194,7 @@ pub async fn start(
         rx,
         store,
         downlink.clone(),
+        notifier,
         limits,
         config.limits.ingest_batch_max,
         Duration::from_millis(config.limits.ingest_batch_wait_ms),
@@ -207,10 +209,12 @@ pub async fn start(
     Ok((downlink, handle))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn writer(
     mut rx: mpsc::Receiver<Received>,
     store: Store,
     downlink: Downlink,
+    notifier: Notifier,
     limits: molt_protocol::Limits,
     batch_max: usize,
     wait: Duration,
@@ -280,9 +284,9 @@ async fn writer(
         // Retry a failed commit: nothing was acknowledged for this batch,
         // and the devices would resend it anyway.
         let mut attempt = 0;
-        let fresh = loop {
+        let stored = loop {
             match store.store_batch(&batch, &through).await {
-                Ok(fresh) => break Some(fresh),
+                Ok(stored) => break Some(stored),
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "store commit failed; retrying");
@@ -294,9 +298,9 @@ async fn writer(
                 }
             }
         };
-        let Some(fresh) = fresh else { continue };
+        let Some(stored) = stored else { continue };
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        for (up, new) in batch.iter().zip(&fresh) {
+        for (up, new) in batch.iter().zip(&stored.fresh) {
             if *new {
                 stats.messages_stored.fetch_add(1, Ordering::Relaxed);
                 if let AnyMessage::Telemetry(t) = &up.message {
@@ -316,6 +320,10 @@ async fn writer(
         for (device, state) in moved {
             downlink.send_ack(&device, state.0).await;
             frontiers.insert(device, state);
+        }
+        // Committed, so each alert is notified once: a resend inserted none.
+        for alert in stored.alerts {
+            notifier.notify(alert);
         }
     }
 }

@@ -10,7 +10,8 @@
 //! Code map: [`config`] (the file `molt server init` writes), [`store`]
 //! (all SQL), [`ca`] (device CA), [`broker`] (rmqtt and its hooks),
 //! [`ingest`] (the server's own MQTT client), [`http`] (enrollment, REST
-//! API, metrics).
+//! API, metrics), [`webhook`] (alert notifications), [`releases`] (the
+//! hosted TUF repository).
 
 #![deny(missing_docs)]
 
@@ -21,7 +22,9 @@ mod error;
 pub mod groups;
 pub mod http;
 pub mod ingest;
+pub mod releases;
 pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -90,6 +93,9 @@ pub async fn init(dir: &Path, names: &[String]) -> Result<Initialized, Error> {
     })
 }
 
+/// Longest [`Running::stop`] waits for the webhook task.
+const WEBHOOK_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Addresses the running server bound.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
@@ -111,12 +117,16 @@ pub struct Shared {
     pub gate: Arc<broker::Gate>,
     /// Ingest counters.
     pub ingest: Arc<ingest::IngestStats>,
+    /// Webhook counters.
+    pub webhook: Arc<webhook::WebhookStats>,
     /// The server's MQTT client, for downlink messages.
     pub downlink: ingest::Downlink,
     /// The device CA.
     pub ca: ca::DeviceCa,
     /// The bound addresses.
     pub addrs: Addrs,
+    /// Release hosting.
+    pub releases: releases::Releases,
 }
 
 /// A started server; [`Running::stop`] shuts it down.
@@ -129,6 +139,7 @@ pub struct Running {
     ingest: tokio::task::JoinHandle<()>,
     broker: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
+    webhook: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts every part and returns once all listen.
@@ -152,12 +163,15 @@ pub async fn start(config: Config, https: tokio::net::TcpListener) -> Result<Run
     let (broker_addrs, broker_task) = broker::start(&config, gate.clone()).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(ingest::IngestStats::default());
+    let webhook_stats = Arc::new(webhook::WebhookStats::default());
+    let (notifier, webhook_task) = webhook::start(&config.webhook, webhook_stats.clone(), Shutdown(stop_rx.clone()))?;
     let (downlink, ingest_task) = ingest::start(
         &config,
         broker_addrs.local,
         &secret,
         store.clone(),
         stats.clone(),
+        notifier,
         Shutdown(stop_rx.clone()),
     )
     .await?;
@@ -168,16 +182,23 @@ pub async fn start(config: Config, https: tokio::net::TcpListener) -> Result<Run
             .local_addr()
             .map_err(|e| Error::io("reading the HTTPS address", e))?,
     };
+    let releases = releases::Releases::open(&config)?;
     let shared = Arc::new(Shared {
         config,
         store,
         gate,
         ingest: stats,
+        webhook: webhook_stats,
         downlink,
         ca,
         addrs,
+        releases,
     });
     tokio::spawn(http::presence(shared.clone(), presence_rx));
+    tokio::spawn(releases::keep_timestamp_fresh(
+        shared.clone(),
+        Shutdown(stop_rx.clone()),
+    ));
     let http_task = tokio::spawn(http::serve(shared.clone(), https, Shutdown(stop_rx)));
     tracing::info!(mqtt = %addrs.mqtt, https = %addrs.https, "molt-server running");
     Ok(Running {
@@ -187,16 +208,27 @@ pub async fn start(config: Config, https: tokio::net::TcpListener) -> Result<Run
         ingest: ingest_task,
         broker: broker_task,
         http: http_task,
+        webhook: webhook_task,
     })
 }
 
 impl Running {
     /// Graceful shutdown: stop reading the broker, commit and acknowledge
     /// what was received, then stop the broker and close the database.
+    /// Webhook notifications still queued are not sent (the alerts are
+    /// stored).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.ingest.await;
         let _ = self.http.await;
+        if let Some(mut webhook) = self.webhook {
+            // It abandons its request at the stop signal; the bound only
+            // guards against a delivery that never yields.
+            if tokio::time::timeout(WEBHOOK_STOP_TIMEOUT, &mut webhook).await.is_err() {
+                tracing::warn!("webhook task did not stop in time; aborted");
+                webhook.abort();
+            }
+        }
         self.broker.abort();
         let _ = self.broker.await;
         self.shared.store.close().await;

@@ -42,6 +42,38 @@ pub struct Uplink {
     pub message: AnyMessage,
 }
 
+/// What [`Store::store_batch`] committed.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    /// Per message of the batch, whether it was new (not a resend).
+    pub fresh: Vec<bool>,
+    /// The alerts the batch inserted, in order; a resent message adds none.
+    pub alerts: Vec<StoredAlert>,
+}
+
+/// An alert as it was inserted, the body of its webhook notification.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAlert {
+    /// The alert's id (`/api/v1/alerts/{id}/state`).
+    pub id: i64,
+    /// The device that raised it.
+    pub device: String,
+    /// The sequence number of the uplink message that carried it.
+    pub seq: i64,
+    /// The policy that raised it (`name@version`).
+    pub policy: String,
+    /// The sensor it is about.
+    pub sensor: i64,
+    /// When the device raised it (ms since the Unix epoch).
+    pub t_ms: i64,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// The policy's text.
+    pub message: String,
+    /// `open` when inserted; operators acknowledge and resolve it later.
+    pub state: String,
+}
+
 /// A registered device as the registry shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceRow {
@@ -288,11 +320,14 @@ impl Store {
 
     /// Stores a batch in one transaction, each message at most once by
     /// `(device, seq)`, and moves the frontiers given in `frontiers`.
-    /// Returns, per message, whether it was new.
-    pub async fn store_batch(&self, batch: &[Uplink], frontiers: &HashMap<String, u64>) -> Result<Vec<bool>, Error> {
+    /// Returns, per message, whether it was new, and the alerts inserted:
+    /// only a message new in the `uplink` ledger inserts its alerts, so a
+    /// resend reports none. Nothing is returned unless the commit succeeded.
+    pub async fn store_batch(&self, batch: &[Uplink], frontiers: &HashMap<String, u64>) -> Result<Stored, Error> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let mut fresh = Vec::with_capacity(batch.len());
+        let mut alerts = Vec::new();
         for up in batch {
             let Some(seq) = up.message.seq() else {
                 fresh.push(false);
@@ -332,20 +367,36 @@ impl Store {
                 }
                 AnyMessage::Alerts(a) => {
                     for alert in &a.alerts {
-                        sqlx::query(
+                        let severity = serde_json::to_value(alert.severity)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        let id: i64 = sqlx::query(
                             "INSERT INTO alerts (device, seq, policy, sensor, t_ms, severity, message, state, updated_ms) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8)",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8) RETURNING id",
                         )
                         .bind(&up.device)
                         .bind(seq as i64)
                         .bind(&a.policy)
                         .bind(i64::from(alert.sensor))
                         .bind(alert.t as i64)
-                        .bind(serde_json::to_value(alert.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                        .bind(&severity)
                         .bind(&alert.message)
                         .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get(0)?;
+                        alerts.push(StoredAlert {
+                            id,
+                            device: up.device.clone(),
+                            seq: seq as i64,
+                            policy: a.policy.clone(),
+                            sensor: i64::from(alert.sensor),
+                            t_ms: alert.t as i64,
+                            severity,
+                            message: alert.message.clone(),
+                            state: "open".to_owned(),
+                        });
                     }
                 }
                 AnyMessage::Event(e) => {
@@ -393,7 +444,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(fresh)
+        Ok(Stored { fresh, alerts })
     }
 
     /// Writes one audit record.

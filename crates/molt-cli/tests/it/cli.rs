@@ -9,6 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// One run of the binary.
+#[derive(Debug)]
 pub(crate) struct Run {
     pub(crate) code: i32,
     pub(crate) stdout: String,
@@ -94,7 +95,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-const AGENT_V1: &[u8] = b"agent image 1.0.0 for rpi4; any bytes work for the release pipeline";
+pub(crate) const AGENT_V1: &[u8] = b"agent image 1.0.0 for rpi4; any bytes work for the release pipeline";
 /// Real policies: `molt release create` and `molt verify` compile each one
 /// and run its `init` with its config.
 const THRESHOLD_V1: &[u8] = molt_guests::THRESHOLD;
@@ -145,7 +146,7 @@ pub(crate) fn prepared() -> Workspace {
     workspace
 }
 
-fn create_release_1(workspace: &Workspace) -> Value {
+pub(crate) fn create_release_1(workspace: &Workspace) -> Value {
     workspace.json(&[
         "release",
         "create",

@@ -30,6 +30,11 @@ fn molt(dir: &Path) -> Command {
 /// `molt server init`, then the config's listeners moved to free loopback
 /// ports, then `molt server run` until it prints its addresses.
 fn start(dir: &Path) -> Server {
+    start_with(dir, |config| config)
+}
+
+/// [`start`], with the config changed by `edit` before the server runs.
+fn start_with(dir: &Path, edit: impl Fn(String) -> String) -> Server {
     let out = molt(dir).args(["server", "init", "fleet"]).output().expect("run molt");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -46,7 +51,7 @@ fn start(dir: &Path) -> Server {
     let text = text
         .replace("mqtt = \"0.0.0.0:8883\"", "mqtt = \"127.0.0.1:0\"")
         .replace("https = \"0.0.0.0:8443\"", "https = \"127.0.0.1:0\"");
-    std::fs::write(&config, text).expect("write config");
+    std::fs::write(&config, edit(text)).expect("write config");
 
     // A second init refuses to overwrite what the first wrote.
     let again = molt(dir).args(["server", "init", "fleet"]).output().expect("run molt");
@@ -212,4 +217,252 @@ fn server_init_run_and_device_commands() {
     assert!(killed.success());
     let status = server.child.wait().expect("wait");
     assert!(status.success(), "the server exits 0 after SIGTERM: {status}");
+}
+
+/// `molt repo push`: the server verifies an upload as a device would,
+/// serves it at /repo/ with Range requests, refuses a tampered one, and
+/// keeps the timestamp fresh with the online key alone.
+#[test]
+fn repo_push_is_verified_served_and_kept_fresh() {
+    let workspace = crate::cli::prepared();
+    crate::cli::create_release_1(&workspace);
+    workspace.ok(&["release", "sign", "--repo", "repo", "--keys", "keys", "1"]);
+    workspace.ok(&["repo", "publish", "--repo", "repo", "--keys", "keys", "1"]);
+    // The server holds the online timestamp key (a path relative to its
+    // data directory) and re-signs whenever the timestamp expires within a
+    // year: every second, here.
+    let keys: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(workspace.path("keys/keys.json")).expect("keys.json")).expect("JSON");
+    let timestamp_key = format!(
+        "timestamp_key = \"../keys/{}.pem\"",
+        keys["roles"]["timestamp"]["keys"][0].as_str().expect("a timestamp key")
+    );
+    let server = start_with(workspace.dir.path(), |config| {
+        config
+            .replace("# timestamp_key = \"KEYID.pem\"", &timestamp_key)
+            .replace(
+                "timestamp_resign_before_s = 21600",
+                "timestamp_resign_before_s = 31536000",
+            )
+            .replace("timestamp_check_interval_s = 60", "timestamp_check_interval_s = 1")
+    });
+    let url = format!("https://localhost:{}", server.https_port);
+    let served = workspace.path("fleet/repository/public");
+    let verify_served = || {
+        workspace.json(&[
+            "verify",
+            "--root",
+            "root.json",
+            "--hardware-class",
+            "rpi4",
+            served.to_str().expect("UTF-8 path"),
+        ])
+    };
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "repo",
+            "push",
+            "--repo",
+            "repo",
+            "--server",
+            &url,
+            "--ca",
+            "fleet/device-ca.pem",
+            "--token-file",
+            "fleet/admin.token",
+        ];
+        args.extend_from_slice(extra);
+        workspace.run(&args)
+    };
+
+    // The first push must pin the root.
+    let refused = push(&[]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stdout.contains("root_not_pinned"), "{refused:?}");
+    let pushed = push(&["--pin-root"]);
+    assert_eq!(pushed.code, 0, "{pushed:?}");
+    let pushed: serde_json::Value = serde_json::from_str(&pushed.stdout).expect("JSON");
+    assert_eq!(pushed["release_set"], 1, "{pushed}");
+    assert_eq!(pushed["hardware_classes"], serde_json::json!(["rpi4"]), "{pushed}");
+    assert_eq!(pushed["root_pinned"], true, "{pushed}");
+    assert!(pushed["files_uploaded"].as_u64().expect("count") >= 6, "{pushed}");
+    let verified = verify_served();
+    assert_eq!(verified["release"]["version"], 1, "{verified}");
+
+    // Served over HTTPS, with Range requests.
+    let token = std::fs::read_to_string(workspace.path("fleet/admin.token")).expect("token");
+    let http = Https::new(&workspace.path("fleet/device-ca.pem"), token.trim());
+    let agent_target = find_file(&served.join("targets"), &crate::cli::sha256_hex(crate::cli::AGENT_V1));
+    let relative = agent_target
+        .strip_prefix(&served)
+        .expect("under served")
+        .to_str()
+        .expect("UTF-8")
+        .to_owned();
+    let (status, body) = http.get(&format!("{url}/repo/{relative}"), Some("bytes=10-19"));
+    assert_eq!(status, 206);
+    assert_eq!(body, &crate::cli::AGENT_V1[10..20]);
+    let (status, _) = http.get(&format!("{url}/repo/metadata/99.root.json"), None);
+    assert_eq!(status, 404);
+
+    // The server re-signs the timestamp on its own; devices accept it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let (_, body) = http.get(&format!("{url}/api/v1/repository"), None);
+        let status: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        if status["timestamp_version"].as_u64() > pushed["timestamp_version"].as_u64() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "never re-signed: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(status["timestamp_key"], true, "{status}");
+    assert_eq!(verify_served()["release"]["version"], 1);
+
+    // A tampered target is refused, and what was served is unchanged.
+    let timestamp_before = std::fs::read(served.join("metadata/timestamp.json")).expect("timestamp");
+    let files_before = listing(&served);
+    // Release 2 carries policies only: a new threshold policy.
+    workspace.ok(&[
+        "release",
+        "create",
+        "--repo",
+        "repo",
+        "--keys",
+        "keys",
+        "--version",
+        "2",
+        "--security-counter",
+        "1",
+        "--min-agent-version",
+        "1.0.0",
+        "--policy",
+        "threshold=threshold-0.2.0.wasm@0.2.0:threshold.json",
+    ]);
+    workspace.ok(&["release", "sign", "--repo", "repo", "--keys", "keys", "2"]);
+    workspace.ok(&["repo", "publish", "--repo", "repo", "--keys", "keys", "2"]);
+    let threshold = find_file(
+        &workspace.path("repo/public/targets"),
+        crate::cli::sha256_hex(molt_guests::THRESHOLD_C).as_str(),
+    );
+    let original = std::fs::read(&threshold).expect("target");
+    let mut tampered = original.clone();
+    tampered[100] ^= 1;
+    std::fs::write(&threshold, &tampered).expect("tamper");
+    let refused = push(&[]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stdout.contains("repository_invalid"), "{refused:?}");
+    assert_eq!(listing(&served), files_before, "nothing of release 2 is served");
+    let timestamp_now = std::fs::read(served.join("metadata/timestamp.json")).expect("timestamp");
+    let version =
+        |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).expect("JSON")["signed"]["version"].clone();
+    assert!(version(&timestamp_now).as_u64() >= version(&timestamp_before).as_u64());
+
+    // Put right, release 2 goes out: the operator's timestamp is older than
+    // the server's re-signed one, so the server signs the next version.
+    std::fs::write(&threshold, &original).expect("restore");
+    let pushed = push(&[]);
+    assert_eq!(pushed.code, 0, "{pushed:?}");
+    let pushed: serde_json::Value = serde_json::from_str(&pushed.stdout).expect("JSON");
+    assert_eq!(pushed["release_set"], 2, "{pushed}");
+    assert_eq!(pushed["timestamp_resigned"], true, "{pushed}");
+    assert!(
+        pushed["files_skipped"].as_u64().expect("count") >= 1,
+        "served targets are not sent again: {pushed}"
+    );
+    assert_eq!(verify_served()["release"]["version"], 2);
+
+    // A second --pin-root is refused: devices follow rotations instead.
+    let again = push(&["--pin-root"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stdout.contains("root_already_pinned"), "{again:?}");
+
+    // Counted: two pushes served, three refused, the timestamp re-signed.
+    let (_, metrics) = http.get(&format!("{url}/metrics"), None);
+    let metrics = String::from_utf8(metrics).expect("UTF-8");
+    assert!(metrics.contains("molt_repository_pushes_total 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("molt_repository_pushes_refused_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("molt_repository_timestamps_resigned_total 0\n"),
+        "{metrics}"
+    );
+    drop(server);
+}
+
+/// A small HTTPS client trusting the server's CA, for what the CLI does not do.
+struct Https {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    token: String,
+}
+
+impl Https {
+    fn new(ca: &Path, token: &str) -> Https {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("CA")).expect("PEM");
+        Https {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            client: reqwest::Client::builder().tls_certs_only([ca]).build().expect("client"),
+            token: token.to_owned(),
+        }
+    }
+
+    /// `GET url` with an optional `Range`: the status and the body.
+    fn get(&self, url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+        self.runtime.block_on(async {
+            let mut request = self.client.get(url).bearer_auth(&self.token);
+            if let Some(range) = range {
+                request = request.header("Range", range);
+            }
+            let response = request.send().await.expect("GET");
+            let status = response.status().as_u16();
+            (status, response.bytes().await.expect("body").to_vec())
+        })
+    }
+}
+
+/// The file under `dir` whose name contains `needle`.
+fn find_file(dir: &Path, needle: &str) -> std::path::PathBuf {
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(needle))
+            {
+                return path;
+            }
+        }
+    }
+    panic!("no file with {needle} under {}", dir.display());
+}
+
+/// Every file under `dir` with its length, but `timestamp.json`, which the
+/// server re-signs on its own.
+fn listing(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if !path.ends_with("metadata/timestamp.json") {
+                let length = std::fs::metadata(&path).expect("metadata").len();
+                files.push((path, length));
+            }
+        }
+    }
+    files.sort();
+    files
 }
