@@ -17,8 +17,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::http::{ApiResult, Role, authorize};
+use crate::http::{ApiResult, ErrorBody, Role, TokenRefusals, authorize};
 use crate::store::{DeviceRow, now_ms};
 use crate::{Error, Shared};
 
@@ -87,7 +88,7 @@ impl GroupQuery {
 }
 
 /// A group as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Group {
     /// Its name.
     pub name: String,
@@ -98,11 +99,14 @@ pub struct Group {
 }
 
 /// `POST /api/v1/groups`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct NewGroup {
+    /// Its name (the device id rules).
     name: String,
+    /// A dynamic group's query, `KEY=VALUE[,KEY=VALUE]...`.
     #[serde(default)]
     query: Option<String>,
+    /// A static group's members.
     #[serde(default)]
     devices: Vec<String>,
 }
@@ -176,7 +180,7 @@ async fn check_members(shared: &Shared, devices: &[String]) -> Result<(), Error>
 }
 
 async fn write_members(shared: &Shared, name: &str, devices: &[String]) -> Result<(), Error> {
-    let mut tx = shared.store.pool().begin().await?;
+    let mut tx = shared.store.write_tx().await?;
     sqlx::query("DELETE FROM group_members WHERE group_name = $1")
         .bind(name)
         .execute(&mut *tx)
@@ -193,6 +197,27 @@ async fn write_members(shared: &Shared, name: &str, devices: &[String]) -> Resul
 }
 
 /// `POST /api/v1/groups`: a static group (`devices`) or a dynamic one (`query`).
+///
+/// Least role: operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/groups",
+    tag = "groups",
+    operation_id = "create_group",
+    security(("bearer" = [])),
+    request_body = NewGroup,
+    responses(
+        (status = 200, description = "the group, with its members now", body = Group),
+        (
+            status = 400,
+            description = "`group_invalid`, `group_name_invalid`, `group_query_invalid`, `group_exists` or \
+                           `limit_exceeded`",
+            body = ErrorBody,
+        ),
+        (status = 404, description = "`not_found`: a listed device is not enrolled", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 pub async fn create(State(shared): St, headers: HeaderMap, Json(req): Json<NewGroup>) -> ApiResult<Group> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     check_name(&req.name)?;
@@ -255,7 +280,17 @@ pub async fn create(State(shared): St, headers: HeaderMap, Json(req): Json<NewGr
     Ok(Json(group))
 }
 
-/// `GET /api/v1/groups`.
+/// `GET /api/v1/groups`: every group with its members now.
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "groups",
+    operation_id = "list_groups",
+    security(("bearer" = [])),
+    responses((status = 200, description = "every group, by name", body = [Group]), TokenRefusals),
+)]
 pub async fn list(State(shared): St, headers: HeaderMap) -> ApiResult<Vec<Group>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     let rows = sqlx::query("SELECT name FROM device_groups ORDER BY name")
@@ -271,13 +306,41 @@ pub async fn list(State(shared): St, headers: HeaderMap) -> ApiResult<Vec<Group>
     Ok(Json(out))
 }
 
-/// `GET /api/v1/groups/{name}`.
+/// `GET /api/v1/groups/{name}`: one group with its members now.
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    operation_id = "show_group",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "the group name")),
+    responses((status = 200, description = "the group", body = Group), (status = 404, description = "`not_found`: no such group", body = ErrorBody), TokenRefusals),
+)]
 pub async fn show(State(shared): St, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Group> {
     authorize(&shared, &headers, Role::Viewer).await?;
     Ok(Json(load(&shared, &name).await?))
 }
 
 /// `PUT /api/v1/groups/{name}/devices`: replaces a static group's members.
+///
+/// Least role: operator.
+#[utoipa::path(
+    put,
+    path = "/api/v1/groups/{name}/devices",
+    tag = "groups",
+    operation_id = "set_group_members",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "the group name")),
+    request_body(content = Vec<String>, description = "the device ids, all enrolled"),
+    responses(
+        (status = 200, description = "the group with its new members", body = Group),
+        (status = 400, description = "`group_dynamic` or `limit_exceeded`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such group, or a device is not enrolled", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 pub async fn set_members(
     State(shared): St,
     headers: HeaderMap,
@@ -309,11 +372,22 @@ pub async fn set_members(
     Ok(Json(after))
 }
 
-/// `DELETE /api/v1/groups/{name}`.
+/// `DELETE /api/v1/groups/{name}`: the devices stay, the group goes.
+///
+/// Least role: operator.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    operation_id = "delete_group",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "the group name")),
+    responses((status = 200, description = "the group as it was", body = Group), (status = 404, description = "`not_found`: no such group", body = ErrorBody), TokenRefusals),
+)]
 pub async fn delete(State(shared): St, headers: HeaderMap, Path(name): Path<String>) -> ApiResult<Group> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     let before = load(&shared, &name).await?;
-    let mut tx = shared.store.pool().begin().await.map_err(Error::from)?;
+    let mut tx = shared.store.write_tx().await.map_err(Error::from)?;
     sqlx::query("DELETE FROM group_members WHERE group_name = $1")
         .bind(&name)
         .execute(&mut *tx)
@@ -339,18 +413,27 @@ pub async fn delete(State(shared): St, headers: HeaderMap, Path(name): Path<Stri
 }
 
 /// An alert as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Alert {
+    /// Its id.
     id: i64,
+    /// The device that raised it.
     device: String,
+    /// The device's sequence number of the message that carried it.
     seq: i64,
+    /// The policy that raised it.
     policy: String,
+    /// The sensor it is about.
     sensor: i64,
+    /// When the device raised it (ms since the epoch).
     t_ms: i64,
+    /// Its severity.
     severity: String,
+    /// The policy's text.
     message: String,
     /// `open`, `acknowledged` or `resolved`.
     state: String,
+    /// When its state last changed (ms since the epoch).
     updated_ms: i64,
 }
 
@@ -373,10 +456,13 @@ fn alert_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, Error> {
 }
 
 /// `GET /api/v1/alerts?state=&device=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AlertQuery {
+    /// Only alerts in this state: `open`, `acknowledged` or `resolved`.
     #[serde(default)]
     state: Option<String>,
+    /// Only this device's alerts.
     #[serde(default)]
     device: Option<String>,
 }
@@ -384,7 +470,22 @@ pub struct AlertQuery {
 /// Most alerts one list returns, newest first.
 pub const ALERTS_PER_PAGE_MAX: i64 = 1000;
 
-/// `GET /api/v1/alerts`.
+/// `GET /api/v1/alerts`: the newest alerts first, at most 1,000 (`ALERTS_PER_PAGE_MAX`).
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    operation_id = "list_alerts",
+    security(("bearer" = [])),
+    params(AlertQuery),
+    responses(
+        (status = 200, description = "the alerts, newest first", body = [Alert]),
+        (status = 400, description = "`alert_state_invalid`", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 pub async fn alerts(State(shared): St, headers: HeaderMap, Query(q): Query<AlertQuery>) -> ApiResult<Vec<Alert>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     if let Some(state) = &q.state {
@@ -413,12 +514,30 @@ fn check_state(state: &str) -> Result<(), Error> {
 }
 
 /// `PUT /api/v1/alerts/{id}/state`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AlertState {
+    /// `open`, `acknowledged` or `resolved`.
     state: String,
 }
 
 /// `PUT /api/v1/alerts/{id}/state`: acknowledge, resolve or reopen.
+///
+/// Least role: operator.
+#[utoipa::path(
+    put,
+    path = "/api/v1/alerts/{id}/state",
+    tag = "alerts",
+    operation_id = "set_alert_state",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "the alert id")),
+    request_body = AlertState,
+    responses(
+        (status = 200, description = "the alert in its new state", body = Alert),
+        (status = 400, description = "`alert_state_invalid`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such alert", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 pub async fn set_alert_state(
     State(shared): St,
     headers: HeaderMap,

@@ -5,6 +5,10 @@
 //! is written to the audit log with who, what, when, before and after.
 //! Errors are `{ "error": { "code", "message" } }` with stable codes;
 //! internals are logged, never returned.
+//!
+//! The OpenAPI document at `/api/v1/openapi.json` is generated from the
+//! handlers' `#[utoipa::path]` annotations as [`router`] registers them,
+//! so a route cannot be served without being described.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,14 +16,17 @@ use std::sync::atomic::Ordering;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-
-use crate::groups;
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::groups;
 use crate::ingest::tokio_util_shutdown::Shutdown;
 use crate::store::now_ms;
 use crate::{Error, Shared};
@@ -106,8 +113,100 @@ impl IntoResponse for ApiError {
         if self.0 == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self.1, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": self.1.code(), "message": self.1.public_message() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.1.code().to_owned(),
+                message: self.1.public_message(),
+            },
+        };
         (self.0, Json(body)).into_response()
+    }
+}
+
+/// The body of every error response; the OpenAPI document describes it
+/// from this type, so the description is the serialization.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable code for programs, e.g. `limit_exceeded`, `not_found`, `forbidden`.
+    code: String,
+    /// For people: names the limit or the next step, never internals.
+    message: String,
+}
+
+/// The responses every route behind a token may give besides its own:
+/// `401 unauthorized`, `403 forbidden` and `500 internal`, each an
+/// [`ErrorBody`]. Named in each handler's `responses(...)`.
+pub(crate) struct TokenRefusals;
+
+impl utoipa::IntoResponses for TokenRefusals {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        [
+            (
+                "401",
+                "`unauthorized`: no `Authorization: Bearer TOKEN` header, or an unknown token",
+            ),
+            (
+                "403",
+                "`forbidden`: the token's role is below the least role this route needs",
+            ),
+            ("500", "`internal`: the server failed; its log has the cause"),
+        ]
+        .into_iter()
+        .map(|(status, description)| (status.to_owned(), error_response(description).into()))
+        .collect()
+    }
+}
+
+fn error_response(description: &str) -> utoipa::openapi::response::Response {
+    let body = utoipa::openapi::ContentBuilder::new()
+        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+        .build();
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content("application/json", body)
+        .build()
+}
+
+/// The name of the bearer-token security scheme in the document.
+const BEARER: &str = "bearer";
+
+/// What the document says beyond the handlers: its title and the bearer
+/// token scheme. The paths come from [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "molt fleet server",
+        description = "The REST API of `molt server`. Routes behind a token name the least role they need \
+                       (viewer < operator < admin); errors are `{ \"error\": { \"code\", \"message\" } }`. \
+                       A body that is not the JSON a route takes is refused before the route runs, \
+                       with 400, 415 or 422 and a plain-text message."
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(ErrorBody, ErrorDetail))
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API token (`molt_...`) with its role: viewer, operator or admin. \
+                 `molt server init` writes the first admin token to `admin.token`.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
     }
 }
 
@@ -153,38 +252,76 @@ pub(crate) async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) 
     Ok(Caller { name })
 }
 
-/// The router.
+/// The router, and with it the OpenAPI document.
+///
+/// Every `/api/v1` route is registered through `routes!`, which takes its
+/// path and methods from the handler's `#[utoipa::path]`, so the document
+/// lists exactly what is served. `/metrics` and `/repo/` are not part of
+/// the REST API and stay out of it.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/v1/enroll", post(enroll))
-        .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(show_device))
-        .route("/api/v1/devices/{id}/revoke", post(revoke_device))
-        .route("/api/v1/devices/{id}/tags", put(tag_device))
-        .route("/api/v1/devices/{id}/desired", put(set_desired))
-        .route("/api/v1/groups", get(groups::list).post(groups::create))
-        .route("/api/v1/groups/{name}", get(groups::show).delete(groups::delete))
-        .route("/api/v1/groups/{name}/devices", put(groups::set_members))
-        .route("/api/v1/alerts", get(groups::alerts))
-        .route("/api/v1/alerts/{id}/state", put(groups::set_alert_state))
-        .route("/api/v1/telemetry", get(telemetry))
-        .route("/api/v1/audit", get(audit))
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(enroll))
+        .routes(routes!(create_enrollment_token))
+        .routes(routes!(list_devices))
+        .routes(routes!(show_device))
+        .routes(routes!(revoke_device))
+        .routes(routes!(tag_device))
+        .routes(routes!(set_desired))
+        .routes(routes!(groups::list, groups::create))
+        .routes(routes!(groups::show, groups::delete))
+        .routes(routes!(groups::set_members))
+        .routes(routes!(groups::alerts))
+        .routes(routes!(groups::set_alert_state))
+        .routes(routes!(telemetry))
+        .routes(routes!(audit))
+        .routes(routes!(openapi_json))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(shared.config.limits.http_body_bytes_max))
         .merge(crate::releases::router(&shared))
+        .split_for_parts();
+    router
+        .layer(Extension(Arc::new(openapi_paths(openapi))))
         .with_state(shared)
 }
 
+/// OpenAPI has no catch-all parameter: axum's `{*path}` is written
+/// `{path}` in the document (a string that may hold `/`).
+fn openapi_paths(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    openapi.paths.paths = std::mem::take(&mut openapi.paths.paths)
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    openapi
+}
+
+/// This document.
+///
+/// No token needed: it describes the API, it grants nothing.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API", body = Object)),
+)]
+async fn openapi_json(Extension(openapi): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi.as_ref().clone())
+}
+
 /// `POST /api/v1/enrollment-tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct TokenRequest {
+    /// Lifetime, 1 to `limits.enrollment_token_ttl_max_s` seconds.
     ttl_s: u64,
+    /// Enrollments it allows, 1 to `limits.enrollment_token_uses_max`.
     #[serde(default = "one")]
+    #[schema(default = 1)]
     uses: u32,
+    /// The hardware class devices enrolled with it get.
     #[serde(default)]
     hardware_class: Option<String>,
+    /// Tags devices enrolled with it get.
     #[serde(default)]
+    #[schema(value_type = Object)]
     tags: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -192,14 +329,34 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Serialize)]
+/// A new enrollment token.
+#[derive(Debug, Serialize, ToSchema)]
 struct TokenResponse {
+    /// Its id, as the audit log names it.
     id: String,
+    /// The secret a device presents at `POST /api/v1/enroll`; shown once.
     token: String,
+    /// When it expires (ms since the epoch).
     expires_ms: i64,
+    /// Enrollments it allows.
     uses: u32,
 }
 
+/// Makes an enrollment token.
+///
+/// Least role: operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/enrollment-tokens",
+    tag = "devices",
+    security(("bearer" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "the token", body = TokenResponse),
+        (status = 400, description = "`limit_exceeded`: ttl_s or uses out of range", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn create_enrollment_token(
     State(shared): St,
     headers: HeaderMap,
@@ -260,7 +417,7 @@ async fn create_enrollment_token(
 }
 
 /// `POST /api/v1/enroll`: a device presents its token and CSR once.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EnrollRequest {
     /// The enrollment token.
     pub token: String,
@@ -271,7 +428,7 @@ pub struct EnrollRequest {
 }
 
 /// What an enrolled device receives.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EnrollResponse {
     /// The device id (CN).
     pub device_id: String,
@@ -282,12 +439,32 @@ pub struct EnrollResponse {
     /// Where to connect (`mqtts://host:port`).
     pub broker: String,
     /// The pinned TUF root (JSON), when the server hosts releases.
+    #[schema(value_type = Option<Object>)]
     pub tuf_root: Option<serde_json::Value>,
     /// Where the server serves its TUF repository (`https://HOST:PORT/repo/`).
     #[serde(default)]
     pub repository: Option<String>,
 }
 
+/// Enrolls a device: an enrollment token and a CSR buy a certificate.
+///
+/// No API token: the enrollment token in the body is the credential.
+#[utoipa::path(
+    post,
+    path = "/api/v1/enroll",
+    tag = "devices",
+    request_body = EnrollRequest,
+    responses(
+        (status = 200, description = "the device's certificate and where to connect", body = EnrollResponse),
+        (
+            status = 400,
+            description = "`device_id_invalid`, `enrollment_token_unknown`, `enrollment_token_expired`, \
+                           `enrollment_token_used_up`, or a refused CSR",
+            body = ErrorBody,
+        ),
+        (status = 500, description = "`internal`: the server failed; its log has the cause", body = ErrorBody),
+    ),
+)]
 async fn enroll(State(shared): St, Json(req): Json<EnrollRequest>) -> ApiResult<EnrollResponse> {
     let store = &shared.store;
     let device = molt_protocol::DeviceId::parse(&req.device_id)
@@ -411,11 +588,36 @@ async fn enroll(State(shared): St, Json(req): Json<EnrollRequest>) -> ApiResult<
     }))
 }
 
+/// Lists every device.
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    security(("bearer" = [])),
+    responses((status = 200, description = "every device", body = [crate::store::DeviceRow]), TokenRefusals),
+)]
 async fn list_devices(State(shared): St, headers: HeaderMap) -> ApiResult<Vec<crate::store::DeviceRow>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     Ok(Json(shared.store.devices().await?))
 }
 
+/// Shows one device.
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the device id")),
+    responses(
+        (status = 200, description = "the device", body = crate::store::DeviceRow),
+        (status = 404, description = "`not_found`: no such device", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn show_device(
     State(shared): St,
     headers: HeaderMap,
@@ -425,6 +627,21 @@ async fn show_device(
     Ok(Json(shared.store.device(&id).await?))
 }
 
+/// Revokes a device: the broker refuses it from now on.
+///
+/// Least role: operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/revoke",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the device id")),
+    responses(
+        (status = 200, description = "the device, revoked", body = crate::store::DeviceRow),
+        (status = 404, description = "`not_found`: no such device", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn revoke_device(
     State(shared): St,
     headers: HeaderMap,
@@ -447,6 +664,22 @@ async fn revoke_device(
     Ok(Json(after))
 }
 
+/// Replaces a device's tags.
+///
+/// Least role: operator.
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/tags",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the device id")),
+    request_body(content = Object, description = "the new tags, a JSON object"),
+    responses(
+        (status = 200, description = "the device with its new tags", body = crate::store::DeviceRow),
+        (status = 404, description = "`not_found`: no such device", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn tag_device(
     State(shared): St,
     headers: HeaderMap,
@@ -464,13 +697,32 @@ async fn tag_device(
     Ok(Json(after))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /api/v1/devices/{id}/desired`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct DesiredRequest {
+    /// The release set the device should run.
     release: u64,
+    /// The rollout this belongs to, if any.
     #[serde(default)]
     rollout: Option<String>,
 }
 
+/// Sets the release a device should run, and tells it if it is online.
+///
+/// Least role: operator.
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/desired",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the device id")),
+    request_body = DesiredRequest,
+    responses(
+        (status = 200, description = "the device with its new desired state", body = crate::store::DeviceRow),
+        (status = 404, description = "`not_found`: no such device", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn set_desired(
     State(shared): St,
     headers: HeaderMap,
@@ -508,12 +760,18 @@ async fn set_desired(
     Ok(Json(after))
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /api/v1/telemetry?device=&metric=&from_ms=&to_ms=&step_ms=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TelemetryQuery {
+    /// The device id.
     device: String,
+    /// The metric name.
     metric: String,
+    /// From this time on (ms since the epoch, inclusive).
     #[serde(default)]
     from_ms: Option<i64>,
+    /// Up to this time (ms since the epoch, exclusive).
     #[serde(default)]
     to_ms: Option<i64>,
     /// Bucket width for downsampling (avg/min/max/count per bucket).
@@ -521,17 +779,34 @@ struct TelemetryQuery {
     step_ms: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// One bucket of telemetry points.
+#[derive(Debug, Serialize, ToSchema)]
 struct Bucket {
+    /// The bucket's start (ms since the epoch).
     t_ms: i64,
+    /// Points in it.
     count: i64,
+    /// Their mean.
     avg: Option<f64>,
+    /// Their least value.
     min: Option<f64>,
+    /// Their greatest value.
     max: Option<f64>,
 }
 
 const TELEMETRY_BUCKETS_MAX: i64 = 10_000;
 
+/// Reads one metric of one device, downsampled into buckets.
+///
+/// Least role: viewer. At most 10,000 buckets, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/telemetry",
+    tag = "telemetry",
+    security(("bearer" = [])),
+    params(TelemetryQuery),
+    responses((status = 200, description = "the buckets, oldest first", body = [Bucket]), TokenRefusals),
+)]
 async fn telemetry(State(shared): St, headers: HeaderMap, Query(q): Query<TelemetryQuery>) -> ApiResult<Vec<Bucket>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     let from = q.from_ms.unwrap_or(0);
@@ -563,17 +838,35 @@ async fn telemetry(State(shared): St, headers: HeaderMap, Query(q): Query<Teleme
     Ok(Json(out))
 }
 
-#[derive(Debug, Serialize)]
+/// One change, as the audit log holds it.
+#[derive(Debug, Serialize, ToSchema)]
 struct AuditRecord {
+    /// Its sequence number.
     id: i64,
+    /// When (ms since the epoch).
     t_ms: i64,
+    /// Who: a token's name, `device` or `token:ID`.
     actor: String,
+    /// What, e.g. `device.revoke`.
     action: String,
+    /// Which: a device id, group name, upload id...
     target: String,
+    /// The state before, as JSON.
     before: Option<serde_json::Value>,
+    /// The state after, as JSON.
     after: Option<serde_json::Value>,
 }
 
+/// Reads the audit log, newest first (at most 1,000 records).
+///
+/// Least role: admin.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the newest records, newest first", body = [AuditRecord]), TokenRefusals),
+)]
 async fn audit(State(shared): St, headers: HeaderMap) -> ApiResult<Vec<AuditRecord>> {
     authorize(&shared, &headers, Role::Admin).await?;
     let rows = sqlx::query(

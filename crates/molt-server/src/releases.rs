@@ -28,18 +28,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
-use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use molt_release::client::{Client, ClientLimits, Installed, UpdateError};
 use molt_release::download::{NoProgress, Source};
 use molt_release::keys::Signer;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
-use crate::http::{ApiResult, Role, authorize};
+use crate::http::{ApiResult, ErrorBody, Role, TokenRefusals, authorize};
 use crate::ingest::tokio_util_shutdown::Shutdown;
 use crate::{Error, Shared};
 
@@ -112,26 +115,23 @@ impl Releases {
     }
 }
 
-/// The routes of release hosting: the upload API and `/repo/`.
-pub(crate) fn router(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
+/// The routes of release hosting: the upload API (in the OpenAPI
+/// document, see [`crate::http::router`]) and `/repo/` (not in it).
+pub(crate) fn router(shared: &Arc<Shared>) -> OpenApiRouter<Arc<Shared>> {
     use axum::extract::DefaultBodyLimit;
-    use axum::routing::{get, post, put};
     let serve =
         tower_http::services::ServeDir::new(shared.releases.public_dir()).append_index_html_on_directories(false);
-    Router::new()
-        .route("/api/v1/repository", get(status))
-        .route("/api/v1/repository/uploads", post(start_upload))
-        .route("/api/v1/repository/uploads/{id}", axum::routing::delete(abort_upload))
-        .route(
-            "/api/v1/repository/uploads/{id}/files/{*path}",
-            put(upload_file).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/repository/uploads/{id}/commit", post(commit))
+    OpenApiRouter::default()
+        .routes(routes!(status))
+        .routes(routes!(start_upload))
+        .routes(routes!(abort_upload))
+        .routes(routes!(upload_file).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(commit))
         .nest_service("/repo", serve)
 }
 
 /// `GET /api/v1/repository`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RepositoryStatus {
     /// Whether the server has a pinned TUF root (devices get it at enrollment).
     pub root_pinned: bool,
@@ -145,6 +145,17 @@ pub struct RepositoryStatus {
     pub url: String,
 }
 
+/// What the server serves: the pinned root, the timestamp, the URL.
+///
+/// Least role: viewer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/repository",
+    tag = "repository",
+    operation_id = "repository_status",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the served repository", body = RepositoryStatus), TokenRefusals),
+)]
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<RepositoryStatus> {
     authorize(&shared, &headers, Role::Viewer).await?;
     let releases = &shared.releases;
@@ -163,11 +174,27 @@ pub(crate) fn repository_url(shared: &Shared) -> String {
     format!("https://{}/repo/", shared.addrs.https)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A new upload.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 struct UploadStarted {
+    /// Its id, for the file and commit routes.
     id: String,
 }
 
+/// Opens an upload: the files of one push, then a commit.
+///
+/// Least role: operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/repository/uploads",
+    tag = "repository",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the upload", body = UploadStarted),
+        (status = 400, description = "`limit_exceeded`: `repository.uploads_max` uploads are open", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<UploadStarted> {
     authorize(&shared, &headers, Role::Operator).await?;
     let limits = &shared.config.repository;
@@ -190,17 +217,39 @@ async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     Ok(Json(UploadStarted { id }))
 }
 
+/// An aborted upload.
+#[derive(Debug, Serialize, ToSchema)]
+struct UploadAborted {
+    /// Its id.
+    aborted: String,
+}
+
+/// Aborts an upload: its files are removed, nothing is served.
+///
+/// Least role: operator.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/repository/uploads/{id}",
+    tag = "repository",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the upload id")),
+    responses(
+        (status = 200, description = "the upload is gone", body = UploadAborted),
+        (status = 404, description = "`not_found`: no such upload", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn abort_upload(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<UploadAborted> {
     authorize(&shared, &headers, Role::Operator).await?;
     let dir = shared.releases.upload(&id)?;
     tokio::fs::remove_dir_all(&dir)
         .await
         .map_err(|e| Error::io("removing an upload", e))?;
-    Ok(Json(serde_json::json!({ "aborted": id })))
+    Ok(Json(UploadAborted { aborted: id }))
 }
 
 /// A path inside an upload: `metadata/NAME.json` or `targets/...`, with
@@ -237,12 +286,46 @@ fn upload_path(path: &str) -> Result<PathBuf, Error> {
     }
 }
 
+/// A stored upload file.
+#[derive(Debug, Serialize, ToSchema)]
+struct UploadedFile {
+    /// Its path in the upload.
+    path: String,
+    /// Its length.
+    bytes: u64,
+}
+
+/// Stores one file of an upload (`metadata/NAME.json` or `targets/...`), streamed.
+///
+/// Least role: operator. No body limit but `repository.upload_file_bytes_max`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/repository/uploads/{id}/files/{*path}",
+    tag = "repository",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "the upload id"),
+        ("path" = String, Path, description = "`metadata/NAME.json` or `targets/...`; may hold `/`"),
+    ),
+    request_body(content_type = "application/octet-stream", description = "the file's bytes"),
+    responses(
+        (status = 200, description = "the file is stored in the upload", body = UploadedFile),
+        (
+            status = 400,
+            description = "`path_invalid`, `body_invalid` or `limit_exceeded` \
+                           (`repository.upload_files_max`, `repository.upload_file_bytes_max`)",
+            body = ErrorBody,
+        ),
+        (status = 404, description = "`not_found`: no such upload", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn upload_file(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     UrlPath((id, path)): UrlPath<(String, String)>,
     body: Body,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<UploadedFile> {
     authorize(&shared, &headers, Role::Operator).await?;
     let limits = &shared.config.repository;
     let dir = shared.releases.upload(&id)?;
@@ -292,7 +375,7 @@ async fn upload_file(
     tokio::fs::rename(&partial, &dest)
         .await
         .map_err(|e| Error::io("storing an upload file", e))?;
-    Ok(Json(serde_json::json!({ "path": path, "bytes": written })))
+    Ok(Json(UploadedFile { path, bytes: written }))
 }
 
 fn count_files(dir: &Path) -> std::io::Result<usize> {
@@ -334,7 +417,7 @@ fn files_under(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
 }
 
 /// `POST /api/v1/repository/uploads/{id}/commit`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     /// Pin the upload's `metadata/1.root.json` as the root devices trust,
@@ -344,7 +427,7 @@ pub struct CommitRequest {
 }
 
 /// What a commit did.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CommitResponse {
     /// The newest release set now served, if any.
     pub release_set: Option<u64>,
@@ -362,6 +445,29 @@ pub struct CommitResponse {
     pub url: String,
 }
 
+/// Commits an upload: verified as a device would verify it, then served.
+///
+/// Least role: operator; admin with `pin_root`. The upload is spent either way.
+#[utoipa::path(
+    post,
+    path = "/api/v1/repository/uploads/{id}/commit",
+    tag = "repository",
+    operation_id = "commit_upload",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the upload id")),
+    request_body(content = Option<CommitRequest>, description = "optional; `{}` or none commits without pinning"),
+    responses(
+        (status = 200, description = "what is served now", body = CommitResponse),
+        (
+            status = 400,
+            description = "`repository_invalid`, `root_not_pinned`, `root_already_pinned` or `timestamp_key_invalid`; \
+                           nothing was published",
+            body = ErrorBody,
+        ),
+        (status = 404, description = "`not_found`: no such upload", body = ErrorBody),
+        TokenRefusals,
+    ),
+)]
 async fn commit(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,

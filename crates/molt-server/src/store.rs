@@ -75,13 +75,14 @@ pub struct StoredAlert {
 }
 
 /// A registered device as the registry shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceRow {
     /// Device id (= certificate CN = MQTT client id).
     pub id: String,
     /// Hardware class given at enrollment.
     pub hardware_class: String,
     /// Tags and attributes.
+    #[schema(value_type = Object)]
     pub tags: serde_json::Value,
     /// Enrolled at (ms).
     pub created_ms: i64,
@@ -143,6 +144,17 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction that writes. SQLite's default, deferred transaction
+    /// that reads before it writes fails at once with `SQLITE_BUSY` when
+    /// another connection committed in between (WAL cannot move a read
+    /// snapshot forward, and the busy timeout does not apply);
+    /// `BEGIN IMMEDIATE` takes the write lock first and waits up to the busy
+    /// timeout for it. Every write transaction starts here, so this is the
+    /// one place PostgreSQL will change.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Closes the pool (waits for running statements).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -193,7 +205,7 @@ impl Store {
         cert_serial: &str,
         key_fingerprint: &str,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT id FROM devices WHERE id = $1 OR key_fingerprint = $2")
             .bind(id)
             .bind(key_fingerprint)
@@ -325,7 +337,7 @@ impl Store {
     /// resend reports none. Nothing is returned unless the commit succeeded.
     pub async fn store_batch(&self, batch: &[Uplink], frontiers: &HashMap<String, u64>) -> Result<Stored, Error> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut alerts = Vec::new();
         for up in batch {
