@@ -5,7 +5,9 @@
 //! - criterion's own estimates (`<target>/criterion/<group>/<bench>/new/estimates.json`);
 //! - percentile lines the benches print to stderr, `<key>: n=<n> p50=<d> p99=<d> max=<d>`,
 //!   where `<d>` is a `Duration` in its `Debug` form (`10.65µs`, `1.14ms`), and
-//!   memory lines `memory/<key>: <bytes> bytes per instance ...`.
+//!   memory lines `memory/<key>: <bytes> bytes per instance ...`;
+//! - the fleet server's scenario lines, `figure/<key>: <value> <unit> ...`
+//!   (`crates/molt-server/benches/fleet.rs`, beside Mosquitto).
 //!
 //! Each figure in [`FIGURES`] names its source, its target and, where one
 //! exists, the baseline measured in the same run (plain wasmtime, or tough's
@@ -57,6 +59,10 @@ const SUITES: &[Suite] = &[
         package: "molt-agent",
         bench: "outbox",
     },
+    Suite {
+        package: "molt-server",
+        bench: "fleet",
+    },
 ];
 
 /// Where a figure's value comes from.
@@ -75,6 +81,21 @@ enum Source {
     Percentile { key: &'static str, p: Pct },
     /// A memory line's bytes per instance.
     Memory { key: &'static str },
+    /// A scenario's `figure/<key>: <value> ...` line.
+    Figure { key: &'static str, unit: FigureUnit },
+}
+
+/// What a `figure/` line's number is.
+#[derive(Clone, Copy)]
+enum FigureUnit {
+    /// Things per second.
+    PerSecond(&'static str),
+    /// Seconds.
+    Seconds,
+    /// Bytes.
+    Bytes,
+    /// A count.
+    Count(&'static str),
 }
 
 #[derive(Clone, Copy)]
@@ -100,6 +121,10 @@ enum Target {
     BytesAtMost(f64),
     /// The figure is an overhead over `baseline`; the ratio must be at most this.
     RatioAtMost(f64),
+    /// At least this much (a rate or a count).
+    AtLeast(f64),
+    /// The figure is a rate compared with `baseline`; the ratio must be at least this.
+    RatioAtLeast(f64),
 }
 
 struct Figure {
@@ -438,7 +463,82 @@ const FIGURES: &[Figure] = &[
             unit: RateUnit::PerSecond("messages"),
         }),
     },
+    Figure {
+        section: FLEET,
+        what: "Telemetry ingest: MQTT messages stored per second (TLS, ACL checks, idempotent store; 50 points each), vs Mosquitto forwarding them to one subscriber",
+        value: Source::Figure {
+            key: "ingest_messages",
+            unit: FigureUnit::PerSecond("messages"),
+        },
+        target: Target::RatioAtLeast(1.0),
+        baseline: Some(Source::Figure {
+            key: "mosquitto_messages",
+            unit: FigureUnit::PerSecond("messages"),
+        }),
+    },
+    Figure {
+        section: FLEET,
+        what: "Telemetry ingest: points stored per second",
+        value: Source::Figure {
+            key: "ingest_points",
+            unit: FigureUnit::PerSecond("points"),
+        },
+        target: Target::AtLeast(50_000.0),
+        baseline: None,
+    },
+    Figure {
+        section: FLEET,
+        what: "Connection storm: devices connected (TLS client certificates, all at once)",
+        value: Source::Figure {
+            key: "storm_connected",
+            unit: FigureUnit::Count("devices"),
+        },
+        target: Target::AtLeast(10_000.0),
+        baseline: Some(Source::Figure {
+            key: "mosquitto_storm_connected",
+            unit: FigureUnit::Count("devices"),
+        }),
+    },
+    Figure {
+        section: FLEET,
+        what: "Connection storm: seconds until the last device is connected",
+        value: Source::Figure {
+            key: "storm_seconds",
+            unit: FigureUnit::Seconds,
+        },
+        target: Target::TimeAtMost(20e9),
+        baseline: Some(Source::Figure {
+            key: "mosquitto_storm_seconds",
+            unit: FigureUnit::Seconds,
+        }),
+    },
+    Figure {
+        section: FLEET,
+        what: "Connection storm: broker resident memory per connection",
+        value: Source::Figure {
+            key: "storm_bytes_per_connection",
+            unit: FigureUnit::Bytes,
+        },
+        target: Target::BytesAtMost(20_000.0),
+        baseline: Some(Source::Figure {
+            key: "mosquitto_storm_bytes_per_connection",
+            unit: FigureUnit::Bytes,
+        }),
+    },
+    Figure {
+        section: FLEET,
+        what: "Enrollment: devices enrolled per second (token + CSR over HTTPS, 16 in flight)",
+        value: Source::Figure {
+            key: "enroll_rate",
+            unit: FigureUnit::PerSecond("devices"),
+        },
+        target: Target::None,
+        baseline: None,
+    },
 ];
+
+/// The fleet server's scenario figures (`crates/molt-server/benches/fleet.rs`).
+const FLEET: &str = "molt-server: fleet server (baseline: Mosquitto 2.0 with TLS client certificates, same run)";
 
 /// Everything one run measured.
 #[derive(Default)]
@@ -449,6 +549,8 @@ struct Measured {
     percentiles: BTreeMap<String, (Duration, Duration)>,
     /// memory key → bytes per instance.
     memory: BTreeMap<String, u64>,
+    /// `figure/` key → value.
+    figures: BTreeMap<String, f64>,
 }
 
 pub(crate) fn bench(args: &[String]) -> Result<()> {
@@ -544,6 +646,12 @@ fn parse_line(line: &str, measured: &mut Measured) {
     let Some((key, rest)) = line.split_once(": ") else {
         return;
     };
+    if let Some(figure_key) = key.strip_prefix("figure/") {
+        if let Some(value) = rest.split(' ').next().and_then(|n| n.parse().ok()) {
+            measured.figures.insert(figure_key.to_owned(), value);
+        }
+        return;
+    }
     if let Some(memory_key) = key.strip_prefix("memory/") {
         if let Some(bytes) = rest.split(' ').next().and_then(|n| n.parse().ok()) {
             measured.memory.insert(memory_key.to_owned(), bytes);
@@ -627,6 +735,7 @@ enum Value {
     Nanos(f64),
     Rate(f64, RateUnit),
     Bytes(u64),
+    Count(f64, &'static str),
 }
 
 impl Value {
@@ -636,6 +745,7 @@ impl Value {
             Value::Rate(rate, RateUnit::MibPerSecond) => format!("{rate:.0} MiB/s"),
             Value::Rate(rate, RateUnit::PerSecond(unit)) => format!("{} {unit}/s", format_count(*rate)),
             Value::Bytes(bytes) => format!("{bytes} B"),
+            Value::Count(count, unit) => format!("{count:.0} {unit}"),
         }
     }
 
@@ -644,6 +754,7 @@ impl Value {
             Value::Nanos(ns) => *ns,
             Value::Rate(rate, _) => *rate,
             Value::Bytes(bytes) => *bytes as f64,
+            Value::Count(count, _) => *count,
         }
     }
 }
@@ -688,6 +799,12 @@ fn value_of(source: Source, measured: &Measured) -> Option<Value> {
             Value::Nanos(duration.as_nanos() as f64)
         }),
         Source::Memory { key } => measured.memory.get(key).map(|bytes| Value::Bytes(*bytes)),
+        Source::Figure { key, unit } => measured.figures.get(key).map(|value| match unit {
+            FigureUnit::PerSecond(name) => Value::Rate(*value, RateUnit::PerSecond(name)),
+            FigureUnit::Seconds => Value::Nanos(value * 1e9),
+            FigureUnit::Bytes => Value::Bytes(*value as u64),
+            FigureUnit::Count(name) => Value::Count(*value, name),
+        }),
     }
 }
 
@@ -703,6 +820,7 @@ fn source_label(source: Source) -> String {
             }
         ),
         Source::Memory { key } => format!("`memory/{key}`"),
+        Source::Figure { key, .. } => format!("`figure/{key}`"),
     }
 }
 
@@ -779,6 +897,8 @@ fn render(machine: &Machine, load_after: &str, quick: bool, measured: &Measured)
             Target::None => "—".to_owned(),
             Target::TimeAtMost(limit) | Target::BytesAtMost(limit) => yes_no(value.scalar() <= limit),
             Target::RatioAtMost(limit) => ratio.map_or_else(|| "—".to_owned(), |ratio| yes_no(ratio <= limit)),
+            Target::AtLeast(limit) => yes_no(value.scalar() >= limit),
+            Target::RatioAtLeast(limit) => ratio.map_or_else(|| "—".to_owned(), |ratio| yes_no(ratio >= limit)),
         };
         let mut sources = source_label(figure.value);
         if let Some(source) = figure.baseline {
@@ -808,6 +928,8 @@ fn target_text(target: Target) -> String {
         Target::TimeAtMost(ns) => format!("≤ {}", format_nanos(ns)),
         Target::BytesAtMost(bytes) => format!("≤ {bytes:.0} B"),
         Target::RatioAtMost(ratio) => format!("ratio ≤ {ratio:.2}"),
+        Target::AtLeast(value) => format!("≥ {}", format_count(value)),
+        Target::RatioAtLeast(ratio) => format!("ratio ≥ {ratio:.2}"),
     }
 }
 
@@ -907,6 +1029,23 @@ mod tests {
         );
         assert_eq!(measured.memory.get("molt"), Some(&49_152));
         assert_eq!(measured.percentiles.len(), 1);
+    }
+
+    #[test]
+    fn parses_figure_lines() {
+        let mut measured = Measured::default();
+        parse_line(
+            "figure/ingest_messages: 664 messages/s (20 devices, 50 points each, TLS, stored)",
+            &mut measured,
+        );
+        parse_line(
+            "figure/storm_seconds: 0.22 s (500 of 500 devices connected, TLS)",
+            &mut measured,
+        );
+        parse_line("figure/broken: many", &mut measured);
+        assert_eq!(measured.figures.get("ingest_messages"), Some(&664.0));
+        assert_eq!(measured.figures.get("storm_seconds"), Some(&0.22));
+        assert_eq!(measured.figures.len(), 2);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!
 //! These are scenarios, not microbenchmarks, so this is a plain
 //! `harness = false` program: it runs each scenario once and prints one
-//! `figure/<key>: <value> <unit>` line per figure, which `cargo xtask bench`
-//! collects into docs/benchmarks.md. The server runs as its own process
+//! `figure/<key>: <value> <unit>` line per figure on stderr, which
+//! `cargo xtask bench` collects into docs/benchmarks.md. The connection
+//! storm runs against a freshly started server, so that its memory figure
+//! is not hidden by what ingest left allocated. The server runs as its own process
 //! (the `molt-server` binary), as it would in production, and so does
 //! Mosquitto: a private instance of the machine's `mosquitto` with a TLS
 //! listener that, like molt's, requires client certificates from the same
@@ -21,7 +23,8 @@
 //!
 //! Scale with `MOLT_BENCH_INGEST_DEVICES` (default 100), `MOLT_BENCH_INGEST_S`
 //! (default 10), `MOLT_BENCH_STORM_DEVICES` (default 10000) and
-//! `MOLT_BENCH_ENROLL` (default 500).
+//! `MOLT_BENCH_ENROLL` (default 500); `--quick` (from `cargo xtask bench
+//! --quick`) divides each by five.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -185,10 +188,15 @@ fn options(identity: &Identity, ca_pem: &[u8], port: u16) -> MqttOptions {
 }
 
 async fn run() {
-    let ingest_devices = env_or("MOLT_BENCH_INGEST_DEVICES", 100) as usize;
-    let ingest_window = Duration::from_secs(env_or("MOLT_BENCH_INGEST_S", 10));
-    let storm_devices = env_or("MOLT_BENCH_STORM_DEVICES", 10_000) as usize;
-    let enrollments = env_or("MOLT_BENCH_ENROLL", 500) as usize;
+    let scale = if std::env::args().any(|arg| arg == "--quick") {
+        5
+    } else {
+        1
+    };
+    let ingest_devices = (env_or("MOLT_BENCH_INGEST_DEVICES", 100) / scale).max(1) as usize;
+    let ingest_window = Duration::from_secs((env_or("MOLT_BENCH_INGEST_S", 10) / scale).max(1));
+    let storm_devices = (env_or("MOLT_BENCH_STORM_DEVICES", 10_000) / scale).max(1) as usize;
+    let enrollments = (env_or("MOLT_BENCH_ENROLL", 500) / scale).max(1) as usize;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let init = molt_server::init(dir.path(), &["localhost".to_owned()])
@@ -292,11 +300,11 @@ async fn run() {
     for publisher in publishers {
         let _ = publisher.await;
     }
-    println!(
+    eprintln!(
         "figure/ingest_messages: {:.0} messages/s ({ingest_devices} devices, {POINTS} points each, TLS, stored)",
         (messages_1 - messages_0) as f64 / seconds
     );
-    println!(
+    eprintln!(
         "figure/ingest_points: {:.0} points/s",
         (points_1 - points_0) as f64 / seconds
     );
@@ -325,25 +333,30 @@ async fn run() {
             let _ = publisher.await;
         }
         subscriber.abort();
-        println!(
+        eprintln!(
             "figure/mosquitto_messages: {:.0} messages/s (the same devices and messages, TLS, forwarded to one subscriber)",
             (after - before) as f64 / seconds
         );
     }
 
-    // The connection storm: molt, then Mosquitto, each alone on the machine.
+    // The connection storm: a fresh molt, then a fresh Mosquitto, each alone
+    // on the machine.
+    drop(server);
+    let server = spawn_server(&config);
     let storm = &identities[..storm_devices];
     let (seconds, connected, bytes) = connection_storm(storm, &ca_pem, server.mqtt.port(), server.child.id()).await;
-    println!("figure/storm_seconds: {seconds:.2} s ({connected} of {storm_devices} devices connected, TLS)");
-    println!("figure/storm_bytes_per_connection: {bytes} bytes");
+    eprintln!("figure/storm_connected: {connected} devices");
+    eprintln!("figure/storm_seconds: {seconds:.2} s ({connected} of {storm_devices} devices connected, TLS)");
+    eprintln!("figure/storm_bytes_per_connection: {bytes} bytes");
     drop(server);
     if let Some(binary) = &mosquitto {
         let broker = spawn_mosquitto(binary, dir.path(), scratch.path());
         let (seconds, connected, bytes) = connection_storm(storm, &ca_pem, broker.port, broker.child.id()).await;
-        println!(
+        eprintln!("figure/mosquitto_storm_connected: {connected} devices");
+        eprintln!(
             "figure/mosquitto_storm_seconds: {seconds:.2} s ({connected} of {storm_devices} devices connected, TLS)"
         );
-        println!("figure/mosquitto_storm_bytes_per_connection: {bytes} bytes");
+        eprintln!("figure/mosquitto_storm_bytes_per_connection: {bytes} bytes");
     }
 }
 
@@ -390,7 +403,7 @@ async fn enroll(http: &reqwest::Client, base: &str, admin: &str, count: usize) {
     for worker in workers {
         enrolled += worker.await.expect("worker");
     }
-    println!(
+    eprintln!(
         "figure/enroll_rate: {:.0} devices/s ({enrolled} enrollments over HTTPS, 16 in flight)",
         enrolled as f64 / started.elapsed().as_secs_f64()
     );

@@ -16,6 +16,20 @@ use sqlx::{Row, SqlitePool};
 
 use crate::Error;
 
+/// Rows of `points` in one INSERT (6 parameters each, far below SQLite's
+/// 32766 and PostgreSQL's 65535).
+const POINT_ROWS_PER_INSERT: usize = 500;
+
+/// One telemetry point on its way into `points`.
+struct PointRow<'a> {
+    device: &'a str,
+    seq: i64,
+    metric: &'a str,
+    sensor: i64,
+    t_ms: i64,
+    value: Option<f64>,
+}
+
 /// The database file in the data directory.
 pub const DB_FILE: &str = "molt.db";
 
@@ -340,6 +354,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut alerts = Vec::new();
+        let mut points: Vec<PointRow<'_>> = Vec::new();
         for up in batch {
             let Some(seq) = up.message.seq() else {
                 fresh.push(false);
@@ -363,19 +378,14 @@ impl Store {
             }
             match &up.message {
                 AnyMessage::Telemetry(t) => {
-                    for p in t.points() {
-                        sqlx::query(
-                            "INSERT INTO points (device, seq, metric, sensor, t_ms, value) VALUES ($1, $2, $3, $4, $5, $6)",
-                        )
-                        .bind(&up.device)
-                        .bind(seq as i64)
-                        .bind(p.metric)
-                        .bind(i64::from(p.sensor))
-                        .bind(p.timestamp_ms as i64)
-                        .bind(p.value)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    points.extend(t.points().map(|p| PointRow {
+                        device: &up.device,
+                        seq: seq as i64,
+                        metric: p.metric,
+                        sensor: i64::from(p.sensor),
+                        t_ms: p.timestamp_ms as i64,
+                        value: p.value,
+                    }));
                 }
                 AnyMessage::Alerts(a) => {
                     for alert in &a.alerts {
@@ -444,6 +454,23 @@ impl Store {
                 }
                 _ => {}
             }
+        }
+        // Points go in as multi-row INSERTs: one statement per point cost
+        // more than the rows themselves (about 33k points/s on the bench
+        // machine).
+        for chunk in points.chunks(POINT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO points (device, seq, metric, sensor, t_ms, value) ",
+            );
+            insert.push_values(chunk, |mut row, point| {
+                row.push_bind(point.device)
+                    .push_bind(point.seq)
+                    .push_bind(point.metric)
+                    .push_bind(point.sensor)
+                    .push_bind(point.t_ms)
+                    .push_bind(point.value);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         for (device, through) in frontiers {
             sqlx::query(
