@@ -79,6 +79,13 @@ pub struct Limits {
     pub mqtt_connect_timeout_s: u64,
     /// Largest HTTP request body (CSR, API calls), in bytes.
     pub http_body_bytes_max: usize,
+    /// HTTPS connections open at once; more wait in the kernel's backlog.
+    pub http_connections_max: usize,
+    /// Longest an HTTPS connection may take from accept to the end of its
+    /// TLS handshake, and a request to send its headers, in seconds.
+    pub http_handshake_timeout_s: u64,
+    /// Longest a request body may pause between two chunks, in seconds.
+    pub http_body_idle_timeout_s: u64,
     /// Longest lifetime of an enrollment token, in seconds.
     pub enrollment_token_ttl_max_s: u64,
     /// Most uses of one enrollment token.
@@ -108,6 +115,9 @@ impl Default for Limits {
             mqtt_packet_bytes_max: 96 * 1024,
             mqtt_connect_timeout_s: 10,
             http_body_bytes_max: 64 * 1024,
+            http_connections_max: 1024,
+            http_handshake_timeout_s: 10,
+            http_body_idle_timeout_s: 30,
             enrollment_token_ttl_max_s: 7 * 24 * 3600,
             enrollment_token_uses_max: 100_000,
             device_cert_days: 3650,
@@ -357,6 +367,9 @@ impl Config {
             ("limits.broker_connections_max", l.broker_connections_max),
             ("limits.broker_handshakes_max", l.broker_handshakes_max),
             ("limits.mqtt_connect_timeout_s", l.mqtt_connect_timeout_s as usize),
+            ("limits.http_connections_max", l.http_connections_max),
+            ("limits.http_handshake_timeout_s", l.http_handshake_timeout_s as usize),
+            ("limits.http_body_idle_timeout_s", l.http_body_idle_timeout_s as usize),
             ("limits.groups_max", l.groups_max),
             ("limits.group_query_terms_max", l.group_query_terms_max),
         ] {
@@ -416,6 +429,12 @@ mqtt_packet_bytes_max = 98304
 mqtt_connect_timeout_s = 10
 # Largest HTTP request body (CSR, API call), in bytes.
 http_body_bytes_max = 65536
+# HTTPS connections open at once (more wait in the kernel's backlog); the
+# longest a client may take for its TLS handshake and, again, for a
+# request's headers; the longest a request body may pause (seconds).
+http_connections_max = 1024
+http_handshake_timeout_s = 10
+http_body_idle_timeout_s = 30
 # Longest lifetime and most uses of one enrollment token.
 enrollment_token_ttl_max_s = 604800
 enrollment_token_uses_max = 100000

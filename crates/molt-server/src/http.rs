@@ -996,8 +996,24 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut s
             return;
         }
     };
-    let app = router(shared.clone());
+    let limits = &shared.config.limits;
+    let handshake_timeout = std::time::Duration::from_secs(limits.http_handshake_timeout_s);
+    // A body that pauses longer than this between chunks ends the request.
+    let app = router(shared.clone()).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        std::time::Duration::from_secs(limits.http_body_idle_timeout_s),
+    ));
+    // One permit per open connection (limits.http_connections_max): when
+    // none is left the server stops accepting, and clients wait in the
+    // kernel's backlog instead of costing memory here.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.http_connections_max));
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.wait() => break,
+        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -1012,15 +1028,21 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut s
         let tls = tls.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 _ => {
-                    tracing::debug!(%peer, "TLS handshake failed");
+                    tracing::debug!(%peer, "TLS handshake failed or exceeded limits.http_handshake_timeout_s");
                     return;
                 }
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(handshake_timeout);
+            let _ = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });

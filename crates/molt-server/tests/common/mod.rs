@@ -202,7 +202,9 @@ impl Device {
     /// Waits for CONNACK or an error.
     pub async fn connected(&mut self) -> Outcome {
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
+            // Generous: TLS handshakes on a loaded 2-core machine (the whole
+            // suite runs at once) can take seconds.
+            match tokio::time::timeout(Duration::from_secs(30), self.events.recv()).await {
                 Ok(Some(Ok(Event::Incoming(Packet::ConnAck(a))))) => {
                     return if a.code == rumqttc::ConnectReturnCode::Success {
                         Outcome::Connected
