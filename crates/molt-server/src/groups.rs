@@ -13,13 +13,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::http::{ApiResult, ErrorBody, Role, TokenRefusals, authorize};
+use crate::http::{ApiResult, Body, ErrorBody, Params, Role, TokenRefusals, authorize};
 use crate::store::{DeviceRow, now_ms};
 use crate::{Error, Shared};
 
@@ -218,7 +218,7 @@ async fn write_members(shared: &Shared, name: &str, devices: &[String]) -> Resul
         TokenRefusals,
     ),
 )]
-pub async fn create(State(shared): St, headers: HeaderMap, Json(req): Json<NewGroup>) -> ApiResult<Group> {
+pub async fn create(State(shared): St, headers: HeaderMap, Body(req): Body<NewGroup>) -> ApiResult<Group> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     check_name(&req.name)?;
     match (&req.query, req.devices.is_empty()) {
@@ -345,7 +345,7 @@ pub async fn set_members(
     State(shared): St,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(devices): Json<Vec<String>>,
+    Body(devices): Body<Vec<String>>,
 ) -> ApiResult<Group> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     let before = load(&shared, &name).await?;
@@ -486,7 +486,7 @@ pub const ALERTS_PER_PAGE_MAX: i64 = 1000;
         TokenRefusals,
     ),
 )]
-pub async fn alerts(State(shared): St, headers: HeaderMap, Query(q): Query<AlertQuery>) -> ApiResult<Vec<Alert>> {
+pub async fn alerts(State(shared): St, headers: HeaderMap, Params(q): Params<AlertQuery>) -> ApiResult<Vec<Alert>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     if let Some(state) = &q.state {
         check_state(state)?;
@@ -542,7 +542,7 @@ pub async fn set_alert_state(
     State(shared): St,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Json(req): Json<AlertState>,
+    Body(req): Body<AlertState>,
 ) -> ApiResult<Alert> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     check_state(&req.state)?;

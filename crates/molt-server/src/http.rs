@@ -211,6 +211,59 @@ impl utoipa::Modify for BearerScheme {
 }
 
 pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A JSON request body, like axum's `Json`, but a body that cannot be read
+/// is answered in the API's error shape (`body_invalid`, with what was
+/// wrong), not with axum's plain text.
+pub struct Body<T>(
+    /// The parsed body.
+    pub T,
+);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Body<T>, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(refused_input(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, like axum's `Query`, refused in the API's error shape.
+pub struct Params<T>(
+    /// The parsed parameters.
+    pub T,
+);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Params<T>, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(refused_input(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+fn refused_input(status: StatusCode, text: String) -> ApiError {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("{text} (limits.http_body_bytes_max)")
+    } else {
+        text
+    };
+    ApiError(status, Error::refused("body_invalid", message))
+}
 type St = State<Arc<Shared>>;
 
 /// Who called, with which role.
@@ -360,7 +413,7 @@ struct TokenResponse {
 async fn create_enrollment_token(
     State(shared): St,
     headers: HeaderMap,
-    Json(req): Json<TokenRequest>,
+    Body(req): Body<TokenRequest>,
 ) -> ApiResult<TokenResponse> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     let limits = &shared.config.limits;
@@ -465,7 +518,7 @@ pub struct EnrollResponse {
         (status = 500, description = "`internal`: the server failed; its log has the cause", body = ErrorBody),
     ),
 )]
-async fn enroll(State(shared): St, Json(req): Json<EnrollRequest>) -> ApiResult<EnrollResponse> {
+async fn enroll(State(shared): St, Body(req): Body<EnrollRequest>) -> ApiResult<EnrollResponse> {
     let store = &shared.store;
     let device = molt_protocol::DeviceId::parse(&req.device_id)
         .map_err(|e| Error::refused("device_id_invalid", format!("device id {:?}: {e}", req.device_id)))?;
@@ -684,7 +737,7 @@ async fn tag_device(
     State(shared): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(tags): Json<serde_json::Map<String, serde_json::Value>>,
+    Body(tags): Body<serde_json::Map<String, serde_json::Value>>,
 ) -> ApiResult<crate::store::DeviceRow> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     let tags = serde_json::Value::Object(tags);
@@ -727,7 +780,7 @@ async fn set_desired(
     State(shared): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(req): Json<DesiredRequest>,
+    Body(req): Body<DesiredRequest>,
 ) -> ApiResult<crate::store::DeviceRow> {
     let caller = authorize(&shared, &headers, Role::Operator).await?;
     let before = shared.store.device(&id).await?;
@@ -807,7 +860,7 @@ const TELEMETRY_BUCKETS_MAX: i64 = 10_000;
     params(TelemetryQuery),
     responses((status = 200, description = "the buckets, oldest first", body = [Bucket]), TokenRefusals),
 )]
-async fn telemetry(State(shared): St, headers: HeaderMap, Query(q): Query<TelemetryQuery>) -> ApiResult<Vec<Bucket>> {
+async fn telemetry(State(shared): St, headers: HeaderMap, Params(q): Params<TelemetryQuery>) -> ApiResult<Vec<Bucket>> {
     authorize(&shared, &headers, Role::Viewer).await?;
     let from = q.from_ms.unwrap_or(0);
     let to = q.to_ms.unwrap_or(i64::MAX);

@@ -61,3 +61,59 @@ async fn stalled_connections_are_closed_and_capped() {
         );
     }
 }
+
+/// A body or query that cannot be read is refused in the API's own error
+/// shape, with a stable code and what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_input_gets_the_api_error_shape() {
+    let server = common::server().await;
+    for (body, content_type, status) in [
+        ("{not json", "application/json", 400),
+        (r#"{"name": 5}"#, "application/json", 422),
+        ("{}", "text/plain", 415),
+    ] {
+        let response = server
+            .http
+            .post(server.url("/api/v1/groups"))
+            .bearer_auth(&server.admin)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let error: serde_json::Value = response.json().await.expect("a JSON error document");
+        assert_eq!(error["error"]["code"], "body_invalid", "{error}");
+        assert!(!error["error"]["message"].as_str().unwrap_or("").is_empty(), "{error}");
+    }
+    let too_big = "x".repeat(molt_server::config::Limits::default().http_body_bytes_max + 1);
+    let response = server
+        .http
+        .post(server.url("/api/v1/groups"))
+        .bearer_auth(&server.admin)
+        .header("content-type", "application/json")
+        .body(format!("\"{too_big}\""))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 413);
+    let error: serde_json::Value = response.json().await.expect("a JSON error document");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("limits.http_body_bytes_max"),
+        "{error}"
+    );
+    // A query missing a parameter.
+    let response = server
+        .http
+        .get(server.url("/api/v1/telemetry?device=gw-1"))
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+    let error: serde_json::Value = response.json().await.expect("a JSON error document");
+    assert_eq!(error["error"]["code"], "body_invalid", "{error}");
+}
