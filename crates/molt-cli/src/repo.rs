@@ -212,7 +212,6 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 async fn push(args: PushArgs, output: &Output) -> anyhow::Result<()> {
-    use molt_release::download::Progress as _;
     let public = args.repo.join("public");
     if !public.join("metadata/timestamp.json").is_file() {
         anyhow::bail!(
@@ -238,10 +237,44 @@ async fn push(args: PushArgs, output: &Output) -> anyhow::Result<()> {
             .len();
         sizes.push(length);
     }
+    let outcome = upload_and_commit(&client, &id, &public, &files, &sizes, args.pin_root, output).await;
+    if outcome.is_err() {
+        // Best effort: the server also removes an upload left idle.
+        let _ = client
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/repository/uploads/{id}"),
+                None,
+                &[],
+            )
+            .await;
+    }
+    let (uploaded, skipped, bytes, committed) = outcome?;
+    output.report(&PushReport {
+        server: args.conn.server.clone(),
+        files_uploaded: uploaded,
+        files_skipped: skipped,
+        bytes_uploaded: bytes,
+        committed,
+    })
+}
+
+/// Uploads every file the server does not serve yet, then commits; returns
+/// (uploaded, skipped, bytes uploaded, the server's answer to the commit).
+async fn upload_and_commit(
+    client: &crate::fleet_client::Client,
+    id: &str,
+    public: &std::path::Path,
+    files: &[String],
+    sizes: &[u64],
+    pin_root: bool,
+    output: &Output,
+) -> anyhow::Result<(usize, usize, u64, serde_json::Value)> {
+    use molt_release::download::Progress as _;
     let bars = output.progress();
     bars.start(&format!("push {} files", files.len()), sizes.iter().sum(), 0);
     let (mut uploaded, mut skipped, mut bytes) = (0, 0, 0);
-    for (file, length) in files.iter().zip(&sizes) {
+    for (file, length) in files.iter().zip(sizes) {
         // Targets are hash-named: one the server serves with the same length is this file.
         if file.starts_with("targets/") && client.served_length(&format!("/repo/{file}")).await? == Some(*length) {
             skipped += 1;
@@ -264,18 +297,12 @@ async fn push(args: PushArgs, output: &Output) -> anyhow::Result<()> {
         .call(
             reqwest::Method::POST,
             &format!("/api/v1/repository/uploads/{id}/commit"),
-            Some(serde_json::json!({ "pin_root": args.pin_root })),
+            Some(serde_json::json!({ "pin_root": pin_root })),
             &[],
         )
         .await
         .context("the server did not publish the upload; what it served before is unchanged")?;
-    output.report(&PushReport {
-        server: args.conn.server.clone(),
-        files_uploaded: uploaded,
-        files_skipped: skipped,
-        bytes_uploaded: bytes,
-        committed,
-    })
+    Ok((uploaded, skipped, bytes, committed))
 }
 
 #[derive(Debug, Serialize)]

@@ -140,6 +140,9 @@ pub struct Repository {
     pub upload_files_max: usize,
     /// Uploads open at once (started, not yet committed or aborted).
     pub uploads_max: usize,
+    /// An upload nothing was added to for this many seconds (a push that
+    /// died) is removed when the next one starts.
+    pub upload_idle_timeout_s: u64,
     /// The online TUF timestamp key (a PEM key file of `molt keys init`,
     /// the one `keys.json` lists under `roles.timestamp`), relative to `data_dir`; none means the server
     /// serves the timestamps operators push and never signs one.
@@ -158,6 +161,7 @@ impl Default for Repository {
             upload_file_bytes_max: 1 << 30,
             upload_files_max: 10_000,
             uploads_max: 4,
+            upload_idle_timeout_s: 3600,
             timestamp_key: None,
             timestamp_lifetime_s: 24 * 3600,
             timestamp_resign_before_s: 6 * 3600,
@@ -488,6 +492,9 @@ token = ""
 upload_file_bytes_max = 1073741824
 upload_files_max = 10000
 uploads_max = 4
+# An upload nothing was added to for this long (seconds; a push that died)
+# is removed when the next one starts.
+upload_idle_timeout_s = 3600
 # The online timestamp key (relative to data_dir): a copy of the key file
 # KEYS/KEYID.pem that KEYS/keys.json lists under roles.timestamp. The server
 # then re-signs timestamp.json before it expires. Without it, operators keep

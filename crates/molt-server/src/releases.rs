@@ -199,9 +199,8 @@ async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     authorize(&shared, &headers, Role::Operator).await?;
     let limits = &shared.config.repository;
     let uploads = shared.releases.uploads();
-    let open = std::fs::read_dir(&uploads)
-        .map_err(|e| Error::io("listing uploads", e))?
-        .count();
+    let open = expire_uploads(&uploads, Duration::from_secs(limits.upload_idle_timeout_s))
+        .map_err(|e| Error::io("listing uploads", e))?;
     if open >= limits.uploads_max {
         return Err(Error::refused(
             "limit_exceeded",
@@ -214,7 +213,38 @@ async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     }
     let id = crate::random_hex(16);
     std::fs::create_dir(uploads.join(&id)).map_err(|e| Error::io("creating an upload", e))?;
+    touch(&uploads, &id).map_err(|e| Error::io("creating an upload", e))?;
     Ok(Json(UploadStarted { id }))
+}
+
+/// Marks upload `id` as active now: `uploads/<id>.active`, beside its
+/// directory, so that nothing in the upload itself is touched.
+fn touch(uploads: &Path, id: &str) -> std::io::Result<()> {
+    std::fs::File::create(uploads.join(format!("{id}.active"))).map(drop)
+}
+
+/// Removes uploads nobody has added to for `idle` (a push that died), and
+/// returns how many are left open.
+fn expire_uploads(uploads: &Path, idle: Duration) -> std::io::Result<usize> {
+    let mut open = 0;
+    for entry in std::fs::read_dir(uploads)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let marker = uploads.join(format!("{}.active", entry.file_name().to_string_lossy()));
+        let last = std::fs::metadata(&marker)
+            .or_else(|_| entry.metadata())
+            .and_then(|metadata| metadata.modified())?;
+        if last.elapsed().is_ok_and(|elapsed| elapsed > idle) {
+            tracing::info!(upload = %entry.file_name().to_string_lossy(), "removing an upload idle longer than repository.upload_idle_timeout_s");
+            std::fs::remove_dir_all(entry.path())?;
+            let _ = std::fs::remove_file(&marker);
+        } else {
+            open += 1;
+        }
+    }
+    Ok(open)
 }
 
 /// An aborted upload.
@@ -249,6 +279,7 @@ async fn abort_upload(
     tokio::fs::remove_dir_all(&dir)
         .await
         .map_err(|e| Error::io("removing an upload", e))?;
+    let _ = tokio::fs::remove_file(shared.releases.uploads().join(format!("{id}.active"))).await;
     Ok(Json(UploadAborted { aborted: id }))
 }
 
@@ -344,7 +375,10 @@ async fn upload_file(
             .await
             .map_err(|e| Error::io("creating an upload directory", e))?;
     }
-    let partial = dest.with_extension("part-upload");
+    touch(&shared.releases.uploads(), &id).map_err(|e| Error::io("marking an upload", e))?;
+    let mut partial = dest.clone().into_os_string();
+    partial.push(".part-upload");
+    let partial = PathBuf::from(partial);
     let mut file = tokio::fs::File::create(&partial)
         .await
         .map_err(|e| Error::io("creating an upload file", e))?;
@@ -484,6 +518,7 @@ async fn commit(
     let outcome = commit_locked(&shared, &staged, &request).await;
     // The upload is spent either way: a refused one is pushed again.
     let _ = tokio::fs::remove_dir_all(&staged).await;
+    let _ = tokio::fs::remove_file(releases.uploads().join(format!("{id}.active"))).await;
     let response = match outcome {
         Ok(response) => response,
         Err(e) => {
