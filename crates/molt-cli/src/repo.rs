@@ -47,7 +47,8 @@ Examples:
   MOLT_TOKEN=... molt repo push --repo ./repo --server https://fleet.example.com:8443
 
 Next:
-  molt verify --root root.json https://HOST:PORT/repo/      what a device would install")]
+  SSL_CERT_FILE=fleet/device-ca.pem molt verify --root root.json https://HOST:PORT/repo/
+                                            what a device would install")]
 struct PushArgs {
     /// The repository workspace (its public/ directory is pushed).
     #[arg(long, value_name = "WORKSPACE")]
@@ -140,6 +141,9 @@ pub(crate) async fn run(args: Args, output: &Output) -> anyhow::Result<()> {
 #[derive(Debug, Serialize)]
 struct PushReport {
     server: String,
+    /// The CA the server's certificate chains to, as given with --ca.
+    #[serde(skip)]
+    ca: Option<PathBuf>,
     files_uploaded: usize,
     files_skipped: usize,
     bytes_uploaded: u64,
@@ -172,9 +176,16 @@ impl Report for PushReport {
             ""
         };
         let url = c["url"].as_str().unwrap_or("");
+        // The server's certificate comes from its own CA; rustls reads
+        // SSL_CERT_FILE for the roots to trust.
+        let trust = self
+            .ca
+            .as_ref()
+            .map(|ca| format!("SSL_CERT_FILE={} ", ca.display()))
+            .unwrap_or_default();
         format!(
             "pushed to {}: {} files uploaded ({}), {} already there\n  the server verified {release} ({classes}) as a device would\n  \
-             serving timestamp v{}{resigned} at {url}{pinned}\n\nnext:\n  molt verify --root root.json {url}\n  \
+             serving timestamp v{}{resigned} at {url}{pinned}\n\nnext:\n  {trust}molt verify --root root.json {url}\n  \
              molt device desire ID --release N    to move a device to it\n",
             self.server,
             self.files_uploaded,
@@ -252,6 +263,7 @@ async fn push(args: PushArgs, output: &Output) -> anyhow::Result<()> {
     let (uploaded, skipped, bytes, committed) = outcome?;
     output.report(&PushReport {
         server: args.conn.server.clone(),
+        ca: args.conn.ca.clone(),
         files_uploaded: uploaded,
         files_skipped: skipped,
         bytes_uploaded: bytes,

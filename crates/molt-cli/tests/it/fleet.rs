@@ -289,6 +289,21 @@ fn repo_push_is_verified_served_and_kept_fresh() {
     assert!(pushed["files_uploaded"].as_u64().expect("count") >= 6, "{pushed}");
     let verified = verify_served();
     assert_eq!(verified["release"]["version"], 1, "{verified}");
+    // And over HTTPS, as a device fetches it, trusting the server's CA.
+    let over_https = Command::new(env!("CARGO_BIN_EXE_molt"))
+        .current_dir(workspace.dir.path())
+        .env("SSL_CERT_FILE", "fleet/device-ca.pem")
+        .args(["--json", "verify", "--root", "root.json", "--hardware-class", "rpi4"])
+        .arg(format!("{url}/repo/"))
+        .output()
+        .expect("run molt verify");
+    assert!(
+        over_https.status.success(),
+        "{}",
+        String::from_utf8_lossy(&over_https.stderr)
+    );
+    let over_https: serde_json::Value = serde_json::from_slice(&over_https.stdout).expect("JSON");
+    assert_eq!(over_https["release"]["version"], 1, "{over_https}");
 
     // Served over HTTPS, with Range requests.
     let token = std::fs::read_to_string(workspace.path("fleet/admin.token")).expect("token");
