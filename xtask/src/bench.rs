@@ -514,6 +514,19 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         section: FLEET,
+        what: "Connection storm: broker resident memory with every device connected",
+        value: Source::Figure {
+            key: "storm_rss",
+            unit: FigureUnit::Bytes,
+        },
+        target: Target::None,
+        baseline: Some(Source::Figure {
+            key: "mosquitto_storm_rss",
+            unit: FigureUnit::Bytes,
+        }),
+    },
+    Figure {
+        section: FLEET,
         what: "Connection storm: broker resident memory per connection",
         value: Source::Figure {
             key: "storm_bytes_per_connection",

@@ -344,15 +344,18 @@ async fn run() {
     drop(server);
     let server = spawn_server(&config);
     let storm = &identities[..storm_devices];
-    let (seconds, connected, bytes) = connection_storm(storm, &ca_pem, server.mqtt.port(), server.child.id()).await;
+    let (seconds, connected, bytes, rss) =
+        connection_storm(storm, &ca_pem, server.mqtt.port(), server.child.id()).await;
     eprintln!("figure/storm_connected: {connected} devices");
+    eprintln!("figure/storm_rss: {rss} bytes (the server process, every device connected)");
     eprintln!("figure/storm_seconds: {seconds:.2} s ({connected} of {storm_devices} devices connected, TLS)");
     eprintln!("figure/storm_bytes_per_connection: {bytes} bytes");
     drop(server);
     if let Some(binary) = &mosquitto {
         let broker = spawn_mosquitto(binary, dir.path(), scratch.path());
-        let (seconds, connected, bytes) = connection_storm(storm, &ca_pem, broker.port, broker.child.id()).await;
+        let (seconds, connected, bytes, rss) = connection_storm(storm, &ca_pem, broker.port, broker.child.id()).await;
         eprintln!("figure/mosquitto_storm_connected: {connected} devices");
+        eprintln!("figure/mosquitto_storm_rss: {rss} bytes");
         eprintln!(
             "figure/mosquitto_storm_seconds: {seconds:.2} s ({connected} of {storm_devices} devices connected, TLS)"
         );
@@ -481,8 +484,9 @@ async fn subscribe_all(
 }
 
 /// Every device connects at once; returns seconds until the last CONNACK,
-/// how many connected, and the broker's resident bytes per connection.
-async fn connection_storm(identities: &[Identity], ca_pem: &[u8], port: u16, pid: u32) -> (f64, u64, u64) {
+/// how many connected, the broker's resident bytes per connection, and its
+/// resident bytes with every device connected.
+async fn connection_storm(identities: &[Identity], ca_pem: &[u8], port: u16, pid: u32) -> (f64, u64, u64, u64) {
     // Options (and each device's TLS material) before the clock starts.
     let prepared: Vec<MqttOptions> = identities
         .iter()
@@ -539,5 +543,5 @@ async fn connection_storm(identities: &[Identity], ca_pem: &[u8], port: u16, pid
     for task in tasks {
         let _ = task.await;
     }
-    (seconds, up, per_connection)
+    (seconds, up, per_connection, rss_after)
 }
