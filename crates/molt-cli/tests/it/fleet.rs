@@ -289,6 +289,24 @@ fn repo_push_is_verified_served_and_kept_fresh() {
     assert!(pushed["files_uploaded"].as_u64().expect("count") >= 6, "{pushed}");
     let verified = verify_served();
     assert_eq!(verified["release"]["version"], 1, "{verified}");
+    // Over HTTPS without the server's CA: refused at once, saying why.
+    let started = std::time::Instant::now();
+    let untrusted = Command::new(env!("CARGO_BIN_EXE_molt"))
+        .current_dir(workspace.dir.path())
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .args(["verify", "--root", "root.json", "--hardware-class", "rpi4"])
+        .arg(format!("{url}/repo/"))
+        .output()
+        .expect("run molt verify");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TLS certificate that is not trusted"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "an untrusted certificate is not retried: {:?}",
+        started.elapsed()
+    );
     // And over HTTPS, as a device fetches it, trusting the server's CA.
     let over_https = Command::new(env!("CARGO_BIN_EXE_molt"))
         .current_dir(workspace.dir.path())

@@ -268,6 +268,19 @@ pub enum DownloadError {
         /// The limit.
         connect_timeout: Duration,
     },
+    /// The server's TLS certificate is not trusted: no retry makes it so.
+    #[error(
+        "{name}: {location} presented a TLS certificate that is not trusted ({reason}); a server whose certificate \
+         comes from its own CA needs that CA among the trusted roots (for `molt verify`: SSL_CERT_FILE=CA.pem)"
+    )]
+    UntrustedCertificate {
+        /// The target name.
+        name: String,
+        /// The URL.
+        location: String,
+        /// What rustls found wrong with the certificate.
+        reason: String,
+    },
     /// The request or the body transfer failed (refused, reset, cut off).
     #[error("{name}: transfer from {location} failed: {source}")]
     Http {
@@ -346,6 +359,7 @@ impl DownloadError {
             | DownloadError::DigestMismatch { .. }
             | DownloadError::Io { .. }
             | DownloadError::RetriesExhausted { .. }
+            | DownloadError::UntrustedCertificate { .. }
             | DownloadError::Cancelled { .. } => false,
         }
     }
@@ -389,4 +403,25 @@ pub fn transport(source: &Source, limits: &DownloadLimits) -> Box<dyn tough::Tra
         Source::Dir(_) => Box::new(tough::FilesystemTransport),
         Source::Url(_) => Box::new(transport::HttpTransport::new(limits)),
     }
+}
+
+/// What rustls found wrong with the server's certificate, if that is why
+/// `error` happened. The cause sits below reqwest and hyper inside an
+/// `io::Error`, whose `source()` skips the error it wraps, so each
+/// `io::Error` is opened with `get_ref`.
+pub(crate) fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(rustls::Error::InvalidCertificate(reason)) = current.downcast_ref::<rustls::Error>() {
+            return Some(reason.to_string());
+        }
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if let Some(reason) = inner.and_then(|inner| untrusted_certificate(inner)) {
+            return Some(reason);
+        }
+        next = current.source();
+    }
+    None
 }

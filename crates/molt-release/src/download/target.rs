@@ -166,10 +166,17 @@ impl Job<'_> {
                 location: self.location.clone(),
                 connect_timeout: self.limits.connect_timeout,
             },
-            WaitError::Http(source) => DownloadError::Http {
-                name: self.name(),
-                location: self.location.clone(),
-                source,
+            WaitError::Http(source) => match super::untrusted_certificate(&source) {
+                Some(reason) => DownloadError::UntrustedCertificate {
+                    name: self.name(),
+                    location: self.location.clone(),
+                    reason,
+                },
+                None => DownloadError::Http {
+                    name: self.name(),
+                    location: self.location.clone(),
+                    source,
+                },
             },
         }
     }

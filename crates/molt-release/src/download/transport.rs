@@ -178,10 +178,17 @@ impl Pump {
                 location: location.to_owned(),
                 connect_timeout: limits.connect_timeout,
             },
-            WaitError::Http(source) => DownloadError::Http {
-                name: name.to_owned(),
-                location: location.to_owned(),
-                source,
+            WaitError::Http(source) => match super::untrusted_certificate(&source) {
+                Some(reason) => DownloadError::UntrustedCertificate {
+                    name: name.to_owned(),
+                    location: location.to_owned(),
+                    reason,
+                },
+                None => DownloadError::Http {
+                    name: name.to_owned(),
+                    location: location.to_owned(),
+                    source,
+                },
             },
         };
         let mut throughput = Throughput::new(&self.limits);
