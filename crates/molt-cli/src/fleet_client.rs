@@ -80,14 +80,7 @@ impl Client {
                 self.base
             )
         })?;
-        let status = response.status();
-        let value: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let code = value["error"]["code"].as_str().unwrap_or("unknown");
-            let message = value["error"]["message"].as_str().unwrap_or("no message");
-            bail!("server refused ({status}, {code}): {message}");
-        }
-        Ok(value)
+        answer(response).await
     }
 
     /// Uploads raw bytes with `PUT`.
@@ -100,14 +93,7 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("could not reach {}", self.base))?;
-        let status = response.status();
-        let value: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let code = value["error"]["code"].as_str().unwrap_or("unknown");
-            let message = value["error"]["message"].as_str().unwrap_or("no message");
-            bail!("server refused ({status}, {code}): {message}");
-        }
-        Ok(value)
+        answer(response).await
     }
 
     /// The length of a file the server serves at `path`, or `None` if it serves none.
@@ -127,4 +113,16 @@ impl Client {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok()))
     }
+}
+
+/// A response's JSON; a refusal becomes the server's code and message.
+async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let value: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let code = value["error"]["code"].as_str().unwrap_or("unknown");
+        let message = value["error"]["message"].as_str().unwrap_or("no message");
+        bail!("server refused ({status}, {code}): {message}");
+    }
+    Ok(value)
 }

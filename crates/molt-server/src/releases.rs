@@ -361,7 +361,9 @@ async fn upload_file(
     let limits = &shared.config.repository;
     let dir = shared.releases.upload(&id)?;
     let relative = upload_path(&path)?;
-    let files = count_files(&dir).map_err(|e| Error::io("counting upload files", e))?;
+    let files = files_under(&dir)
+        .map_err(|e| Error::io("counting upload files", e))?
+        .len();
     if files >= limits.upload_files_max {
         return Err(Error::refused(
             "limit_exceeded",
@@ -410,22 +412,6 @@ async fn upload_file(
         .await
         .map_err(|e| Error::io("storing an upload file", e))?;
     Ok(Json(UploadedFile { path, bytes: written }))
-}
-
-fn count_files(dir: &Path) -> std::io::Result<usize> {
-    let mut count = 0;
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                pending.push(entry.path());
-            } else {
-                count += 1;
-            }
-        }
-    }
-    Ok(count)
 }
 
 /// Every file under `dir`, as paths relative to it.
@@ -580,8 +566,9 @@ async fn commit_locked(shared: &Shared, staged: &Path, request: &CommitRequest) 
         ));
     }
 
-    // The root devices trust: pinned once, by an admin, from the upload.
-    let mut root_pinned = false;
+    // The root devices trust: pinned once, by an admin, from the upload,
+    // and only once the upload has verified against it.
+    let mut to_pin = None;
     if !releases.pinned_root.is_file() {
         if !request.pin_root {
             return Err(refused(
@@ -603,8 +590,7 @@ async fn commit_locked(shared: &Shared, staged: &Path, request: &CommitRequest) 
                 format!("metadata/1.root.json cannot be pinned: {e}"),
             )
         })?;
-        write_synced(&releases.pinned_root, &bytes)?;
-        root_pinned = true;
+        to_pin = Some(bytes);
     } else if request.pin_root {
         return Err(refused(
             "root_already_pinned",
@@ -613,7 +599,13 @@ async fn commit_locked(shared: &Shared, staged: &Path, request: &CommitRequest) 
     }
     let trusted = releases.dir.join("trusted");
     let limits = ClientLimits::default();
-    if !trusted.join("metadata").exists() {
+    if let Some(root) = &to_pin {
+        // Whatever an earlier, refused pin attempt left is started afresh.
+        if trusted.exists() {
+            std::fs::remove_dir_all(&trusted).map_err(|e| Error::io("resetting the trusted metadata", e))?;
+        }
+        Client::init(&trusted, root, "", limits.clone()).map_err(update_refused)?;
+    } else if !trusted.join("metadata").exists() {
         let root = std::fs::read(&releases.pinned_root).map_err(|e| Error::io("reading the pinned root", e))?;
         Client::init(&trusted, &root, "", limits.clone()).map_err(update_refused)?;
     }
@@ -665,15 +657,33 @@ async fn commit_locked(shared: &Shared, staged: &Path, request: &CommitRequest) 
     };
     let parts = releases.dir.join("verify-parts");
     let _ = std::fs::remove_dir_all(&parts);
+    std::fs::create_dir_all(&parts).map_err(|e| Error::io("creating verify-parts", e))?;
     let open = |class: &str| Client::open(&trusted, class, limits.clone()).map_err(update_refused);
+    // Each class is checked and its parts downloaded and hashed in turn; a
+    // check supersedes the one before it, so the last one is accepted.
+    let fetch = |client: Client, verified| {
+        let parts = parts.clone();
+        async move {
+            let fetched = client
+                .fetch(&verified, &parts, &NoProgress, &tokio_util_cancel())
+                .await
+                .map_err(update_refused)?;
+            Ok::<_, Error>((client, fetched))
+        }
+    };
     let mut classes = Vec::new();
-    let first = open("")?.check(&source, &installed).await;
-    let (release_set, last) = match first {
-        Ok(None) => (None, None),
-        Ok(Some(verified)) => (Some(verified.set.version), Some(("".to_owned(), verified))),
+    let mut last = None;
+    let any_class = open("")?;
+    let release_set = match any_class.check(&source, &installed).await {
+        Ok(None) => None,
+        // Policies only: no class to choose.
+        Ok(Some(verified)) => {
+            let version = verified.set.version;
+            last = Some(fetch(any_class, verified).await?);
+            Some(version)
+        }
         Err(UpdateError::WrongHardwareClass { available, version, .. }) => {
             classes = available.split(", ").map(str::to_owned).collect::<Vec<_>>();
-            let mut last = None;
             for class in &classes {
                 let client = open(class)?;
                 let verified = client
@@ -686,39 +696,25 @@ async fn commit_locked(shared: &Shared, staged: &Path, request: &CommitRequest) 
                             format!("release set {version} vanished while verifying"),
                         )
                     })?;
-                if last.is_some() {
-                    // Each class's parts, downloaded and hashed in turn;
-                    // only the last check is kept to promote the metadata.
-                    std::fs::create_dir_all(&parts).map_err(|e| Error::io("creating verify-parts", e))?;
-                    client
-                        .fetch(&verified, &parts, &NoProgress, &tokio_util_cancel())
-                        .await
-                        .map_err(update_refused)?;
-                }
-                last = Some((class.clone(), verified));
+                last = Some(fetch(client, verified).await?);
             }
-            (Some(version), last)
+            Some(version)
         }
         Err(e) => return Err(update_refused(e)),
     };
-    if let Some((class, verified)) = last {
-        std::fs::create_dir_all(&parts).map_err(|e| Error::io("creating verify-parts", e))?;
-        let client = open(&class)?;
-        // A check supersedes the ones before it: check this class again so
-        // that its token is the one `accept` promotes.
-        let verified = match client.check(&source, &installed).await.map_err(update_refused)? {
-            Some(again) => again,
-            None => verified,
-        };
-        let fetched = client
-            .fetch(&verified, &parts, &NoProgress, &tokio_util_cancel())
-            .await
-            .map_err(update_refused)?;
+    if let Some((client, fetched)) = last {
         client.accept(&fetched).map_err(update_refused)?;
     }
     let _ = std::fs::remove_dir_all(&parts);
 
     let files_added = publish(staged, &public)?;
+    let root_pinned = match &to_pin {
+        Some(root) => {
+            write_synced(&releases.pinned_root, root)?;
+            true
+        }
+        None => false,
+    };
     let timestamp = molt_release::repo::timestamp_info(&public.join("metadata"))
         .map_err(|e| Error::io("reading the served timestamp", std::io::Error::other(e.to_string())))?;
     Ok(CommitResponse {

@@ -499,3 +499,81 @@ fn listing(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     files.sort();
     files
 }
+
+/// A release set with two hardware classes: the server downloads and hashes
+/// every class's agent image before it serves anything, the first class's
+/// as much as the last's.
+#[test]
+fn repo_push_verifies_every_hardware_class() {
+    let workspace = crate::cli::prepared();
+    workspace.write("agent-x86.img", b"agent image 1.0.0 for x86; other bytes than rpi4's");
+    workspace.ok(&[
+        "release",
+        "create",
+        "--repo",
+        "repo",
+        "--keys",
+        "keys",
+        "--version",
+        "1",
+        "--security-counter",
+        "1",
+        "--min-agent-version",
+        "1.0.0",
+        "--agent",
+        "rpi4=agent.img@1.0.0",
+        "--agent",
+        "x86=agent-x86.img@1.0.0",
+        "--policy",
+        "threshold=threshold-0.1.0.wasm@0.1.0:threshold.json",
+    ]);
+    workspace.ok(&["release", "sign", "--repo", "repo", "--keys", "keys", "1"]);
+    workspace.ok(&["repo", "publish", "--repo", "repo", "--keys", "keys", "1"]);
+    let server = start(workspace.dir.path());
+    let url = format!("https://localhost:{}", server.https_port);
+    let push = || {
+        workspace.run(&[
+            "--json",
+            "repo",
+            "push",
+            "--repo",
+            "repo",
+            "--server",
+            &url,
+            "--ca",
+            "fleet/device-ca.pem",
+            "--token-file",
+            "fleet/admin.token",
+            "--pin-root",
+        ])
+    };
+    // rpi4 is the first class the server checks.
+    let image = find_file(
+        &workspace.path("repo/public/targets"),
+        &crate::cli::sha256_hex(crate::cli::AGENT_V1),
+    );
+    let original = std::fs::read(&image).expect("image");
+    let mut tampered = original.clone();
+    tampered[0] ^= 1;
+    std::fs::write(&image, &tampered).expect("tamper");
+    let refused = push();
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stdout.contains("repository_invalid"), "{refused:?}");
+    assert!(
+        !workspace
+            .path("fleet/repository/public/metadata/timestamp.json")
+            .exists(),
+        "nothing is served"
+    );
+
+    std::fs::write(&image, &original).expect("restore");
+    let pushed = push();
+    assert_eq!(pushed.code, 0, "{pushed:?}");
+    let pushed: serde_json::Value = serde_json::from_str(&pushed.stdout).expect("JSON");
+    assert_eq!(
+        pushed["hardware_classes"],
+        serde_json::json!(["rpi4", "x86"]),
+        "{pushed}"
+    );
+    drop(server);
+}
