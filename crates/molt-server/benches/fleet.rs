@@ -224,29 +224,7 @@ async fn run() {
     // before anything is timed.
     let devices = storm_devices.max(ingest_devices);
     eprintln!("fleet bench: issuing {devices} device certificates");
-    let ca = molt_server::ca::DeviceCa::load(dir.path()).expect("ca");
-    let store = molt_server::store::Store::open(dir.path()).await.expect("store");
-    let mut identities = Vec::with_capacity(devices);
-    for i in 0..devices {
-        let id = format!("bench-{i:05}");
-        let (signed, key) = ca.issue_device(&id, 1).expect("issue");
-        store
-            .insert_device(
-                &id,
-                "bench",
-                &serde_json::json!({}),
-                &signed.serial,
-                &signed.key_fingerprint,
-            )
-            .await
-            .expect("register");
-        identities.push(Identity {
-            device: id,
-            cert_pem: signed.cert_pem,
-            key_pem: key,
-        });
-    }
-    store.close().await;
+    let identities = common::register_devices(dir.path(), "bench", devices, "bench").await;
     let ca_pem = std::fs::read(dir.path().join(molt_server::ca::CA_CERT)).expect("ca pem");
     let mosquitto = mosquitto_binary();
     if mosquitto.is_none() {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Identity, choose_tls_provider, telemetry_payload};
+use common::{Identity, choose_tls_provider, register_devices, telemetry_payload};
 use molt_server::store::{Store, Table};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
@@ -134,29 +134,7 @@ async fn thousand_devices_sigkill_mid_ingest() {
     std::fs::write(&config, text).expect("write config");
 
     // Devices with their own certificates, registered before the start.
-    let ca = molt_server::ca::DeviceCa::load(dir.path()).expect("ca");
-    let store = Store::open(dir.path()).await.expect("store");
-    let mut ids = Vec::with_capacity(DEVICES);
-    for i in 0..DEVICES {
-        let id = format!("dev-{i:04}");
-        let (signed, key) = ca.issue_device(&id, 1).expect("issue");
-        store
-            .insert_device(
-                &id,
-                "test",
-                &serde_json::json!({}),
-                &signed.serial,
-                &signed.key_fingerprint,
-            )
-            .await
-            .expect("insert");
-        ids.push(Identity {
-            device: id,
-            cert_pem: signed.cert_pem,
-            key_pem: key,
-        });
-    }
-    store.close().await;
+    let ids = register_devices(dir.path(), "dev", DEVICES, "test").await;
     let ca_pem = std::fs::read(dir.path().join(molt_server::ca::CA_CERT)).expect("ca pem");
 
     let mut server = spawn_server(&config);

@@ -301,3 +301,38 @@ pub fn telemetry_payload(seq: u64, points: usize) -> Vec<u8> {
 }
 
 pub type Shared = Arc<molt_server::Shared>;
+
+/// `count` devices named `{prefix}-{i:05}`, each with its own certificate
+/// from the device CA in `dir`, registered in its store with `hardware_class`
+/// (the server must not be running: this opens the store itself).
+pub async fn register_devices(
+    dir: &std::path::Path,
+    prefix: &str,
+    count: usize,
+    hardware_class: &str,
+) -> Vec<Identity> {
+    let ca = molt_server::ca::DeviceCa::load(dir).expect("ca");
+    let store = molt_server::store::Store::open(dir).await.expect("store");
+    let mut identities = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("{prefix}-{i:05}");
+        let (signed, key) = ca.issue_device(&id, 1).expect("issue");
+        store
+            .insert_device(
+                &id,
+                hardware_class,
+                &serde_json::json!({}),
+                &signed.serial,
+                &signed.key_fingerprint,
+            )
+            .await
+            .expect("register");
+        identities.push(Identity {
+            device: id,
+            cert_pem: signed.cert_pem,
+            key_pem: key,
+        });
+    }
+    store.close().await;
+    identities
+}
