@@ -847,7 +847,7 @@ struct Bucket {
     max: Option<f64>,
 }
 
-const TELEMETRY_BUCKETS_MAX: i64 = 10_000;
+const TELEMETRY_BUCKETS_MAX: usize = 10_000;
 
 /// Reads one metric of one device, downsampled into buckets.
 ///
@@ -865,29 +865,20 @@ async fn telemetry(State(shared): St, headers: HeaderMap, Params(q): Params<Tele
     let from = q.from_ms.unwrap_or(0);
     let to = q.to_ms.unwrap_or(i64::MAX);
     let step = q.step_ms.unwrap_or(1).max(1);
-    let rows = sqlx::query(
-        "SELECT (t_ms / $1) * $1 AS b, COUNT(*), AVG(value), MIN(value), MAX(value) FROM points \
-         WHERE device = $2 AND metric = $3 AND t_ms >= $4 AND t_ms < $5 GROUP BY b ORDER BY b LIMIT $6",
-    )
-    .bind(step)
-    .bind(&q.device)
-    .bind(&q.metric)
-    .bind(from)
-    .bind(to)
-    .bind(TELEMETRY_BUCKETS_MAX)
-    .fetch_all(shared.store.pool())
-    .await
-    .map_err(Error::from)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(Bucket {
-            t_ms: r.try_get(0).map_err(Error::from)?,
-            count: r.try_get(1).map_err(Error::from)?,
-            avg: r.try_get(2).map_err(Error::from)?,
-            min: r.try_get(3).map_err(Error::from)?,
-            max: r.try_get(4).map_err(Error::from)?,
-        });
-    }
+    let buckets = shared
+        .store
+        .telemetry(&q.device, &q.metric, from, to, step, TELEMETRY_BUCKETS_MAX)
+        .await?;
+    let out = buckets
+        .into_iter()
+        .map(|b| Bucket {
+            t_ms: b.t_ms,
+            count: b.count,
+            avg: b.avg,
+            min: b.min,
+            max: b.max,
+        })
+        .collect();
     Ok(Json(out))
 }
 

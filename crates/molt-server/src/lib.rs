@@ -22,6 +22,7 @@ mod error;
 pub mod groups;
 pub mod http;
 pub mod ingest;
+pub mod points;
 pub mod releases;
 pub mod store;
 pub mod webhook;

@@ -5,7 +5,7 @@
 //! store acknowledgement promises. Queries use `$N` placeholders and
 //! `ON CONFLICT` so that a PostgreSQL backend can follow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,19 +15,24 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::Error;
+use crate::points::{self, Bucket, ChunkBuilder, ChunkPoint, Downsample};
 
-/// Rows of `points` in one INSERT (6 parameters each, far below SQLite's
-/// 32766 and PostgreSQL's 65535).
-const POINT_ROWS_PER_INSERT: usize = 500;
+/// Chunk rows in one INSERT (7 parameters each, far below SQLite's 32766
+/// and PostgreSQL's 65535).
+const CHUNK_ROWS_PER_INSERT: usize = 500;
 
-/// One telemetry point on its way into `points`.
-struct PointRow<'a> {
+/// Rows of `uplink` in one INSERT (4 parameters each).
+const UPLINK_ROWS_PER_INSERT: usize = 500;
+
+/// Legacy `points` rows moved into chunks per transaction at open.
+const LEGACY_POINTS_PER_TX: i64 = 50_000;
+
+/// One message's points for one metric, on its way into `point_chunks`.
+struct ChunkRow<'a> {
     device: &'a str,
     seq: i64,
     metric: &'a str,
-    sensor: i64,
-    t_ms: i64,
-    value: Option<f64>,
+    chunk: ChunkBuilder,
 }
 
 /// The database file in the data directory.
@@ -150,7 +155,107 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let store = Store { pool };
+        store.move_legacy_points().await?;
+        Ok(store)
+    }
+
+    /// Moves rows of the legacy one-row-per-point table into chunks, a
+    /// bounded number per transaction, so that a store written before
+    /// migration 0002 keeps every point it acknowledged.
+    async fn move_legacy_points(&self) -> Result<(), Error> {
+        loop {
+            let mut tx = self.write_tx().await?;
+            let rows = sqlx::query(
+                "SELECT rowid, device, seq, metric, sensor, t_ms, value FROM points ORDER BY device, seq, metric LIMIT $1",
+            )
+            .bind(LEGACY_POINTS_PER_TX)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            // Each chunk with the rowids it takes from `points`.
+            let mut chunks: Vec<(String, i64, String, ChunkBuilder, Vec<i64>)> = Vec::new();
+            for r in &rows {
+                let device: String = r.try_get(1)?;
+                let seq: i64 = r.try_get(2)?;
+                let metric: String = r.try_get(3)?;
+                let point = ChunkPoint {
+                    sensor: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
+                    t_ms: r.try_get(5)?,
+                    value: r.try_get(6)?,
+                };
+                let rowid: i64 = r.try_get(0)?;
+                match chunks.last_mut() {
+                    Some((d, s, m, c, ids)) if *d == device && *s == seq && *m == metric => {
+                        c.push(point);
+                        ids.push(rowid);
+                    }
+                    _ => {
+                        let mut c = ChunkBuilder::default();
+                        c.push(point);
+                        chunks.push((device, seq, metric, c, vec![rowid]));
+                    }
+                }
+            }
+            // The LIMIT may have cut the last message's points in two; that
+            // one waits for the next round, which starts with all of it (a
+            // message holds far fewer points than a round).
+            if rows.len() as i64 == LEGACY_POINTS_PER_TX && chunks.len() > 1 {
+                chunks.pop();
+            }
+            for (device, seq, metric, c, ids) in chunks {
+                insert_chunks(
+                    &mut tx,
+                    &[ChunkRow {
+                        device: &device,
+                        seq,
+                        metric: &metric,
+                        chunk: c,
+                    }],
+                )
+                .await?;
+                for id in ids {
+                    sqlx::query("DELETE FROM points WHERE rowid = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+
+    /// One metric of one device over `[from, to)`, downsampled into
+    /// buckets of `step` ms, oldest first, at most `buckets_max`.
+    pub async fn telemetry(
+        &self,
+        device: &str,
+        metric: &str,
+        from: i64,
+        to: i64,
+        step: i64,
+        buckets_max: usize,
+    ) -> Result<Vec<Bucket>, Error> {
+        use futures_util::TryStreamExt;
+        let mut down = Downsample::new(from, to, step, buckets_max);
+        let mut rows = sqlx::query(
+            "SELECT points FROM point_chunks WHERE device = $1 AND metric = $2 AND t_max >= $3 AND t_min < $4",
+        )
+        .bind(device)
+        .bind(metric)
+        .bind(from)
+        .bind(to)
+        .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let blob: Vec<u8> = row.try_get(0)?;
+            match points::decode(&blob) {
+                Some(points) => points.for_each(|p| down.add(p)),
+                None => tracing::error!(device, metric, bytes = blob.len(), "a damaged point chunk was skipped"),
+            }
+        }
+        Ok(down.finish())
     }
 
     /// The pool, for the modules of this crate.
@@ -354,38 +459,48 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut alerts = Vec::new();
-        let mut points: Vec<PointRow<'_>> = Vec::new();
+        let mut chunks: Vec<ChunkRow<'_>> = Vec::new();
+        // The ledger rows go in first, many per statement; what comes back
+        // is the keys that were new. A key twice in one batch (a resend
+        // racing its original) is fresh only the first time.
+        let mut new_keys = insert_uplinks(&mut tx, batch, now).await?;
         for up in batch {
             let Some(seq) = up.message.seq() else {
                 fresh.push(false);
                 continue;
             };
-            let kind = kind_name(&up.message);
-            let inserted = sqlx::query(
-                "INSERT INTO uplink (device, seq, kind, received_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(&up.device)
-            .bind(seq as i64)
-            .bind(kind)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
+            let inserted = new_keys
+                .get_mut(up.device.as_str())
+                .is_some_and(|seqs| seqs.remove(&(seq as i64)));
             fresh.push(inserted);
             if !inserted {
                 continue;
             }
             match &up.message {
                 AnyMessage::Telemetry(t) => {
-                    points.extend(t.points().map(|p| PointRow {
-                        device: &up.device,
-                        seq: seq as i64,
-                        metric: p.metric,
-                        sensor: i64::from(p.sensor),
-                        t_ms: p.timestamp_ms as i64,
-                        value: p.value,
-                    }));
+                    let first = chunks.len();
+                    for p in t.points() {
+                        let point = ChunkPoint {
+                            sensor: p.sensor,
+                            t_ms: i64::try_from(p.timestamp_ms).unwrap_or(i64::MAX),
+                            value: p.value,
+                        };
+                        // A message names few metrics: a linear search
+                        // over its own chunks beats hashing.
+                        match chunks[first..].iter_mut().find(|c| c.metric == p.metric) {
+                            Some(c) => c.chunk.push(point),
+                            None => {
+                                let mut chunk = ChunkBuilder::default();
+                                chunk.push(point);
+                                chunks.push(ChunkRow {
+                                    device: &up.device,
+                                    seq: seq as i64,
+                                    metric: p.metric,
+                                    chunk,
+                                });
+                            }
+                        }
+                    }
                 }
                 AnyMessage::Alerts(a) => {
                     for alert in &a.alerts {
@@ -455,23 +570,7 @@ impl Store {
                 _ => {}
             }
         }
-        // Points go in as multi-row INSERTs: one statement per point cost
-        // more than the rows themselves (about 33k points/s on the bench
-        // machine).
-        for chunk in points.chunks(POINT_ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO points (device, seq, metric, sensor, t_ms, value) ",
-            );
-            insert.push_values(chunk, |mut row, point| {
-                row.push_bind(point.device)
-                    .push_bind(point.seq)
-                    .push_bind(point.metric)
-                    .push_bind(point.sensor)
-                    .push_bind(point.t_ms)
-                    .push_bind(point.value);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+        insert_chunks(&mut tx, &chunks).await?;
         for (device, through) in frontiers {
             sqlx::query(
                 "UPDATE devices SET stored_through = $1, last_seen_ms = $2 WHERE id = $3 AND stored_through < $1",
@@ -512,7 +611,7 @@ impl Store {
     /// Counts rows of a table (tests and metrics).
     pub async fn count(&self, table: Table) -> Result<i64, Error> {
         let sql = match table {
-            Table::Points => "SELECT COUNT(*) FROM points",
+            Table::Points => "SELECT COALESCE(SUM(n), 0) FROM point_chunks",
             Table::Uplink => "SELECT COUNT(*) FROM uplink",
             Table::Alerts => "SELECT COUNT(*) FROM alerts",
             Table::Events => "SELECT COUNT(*) FROM events",
@@ -522,29 +621,84 @@ impl Store {
         Ok(sqlx::query(sql).fetch_one(&self.pool).await?.try_get(0)?)
     }
 
-    /// Points stored more than once for the same `(device, seq, metric,
-    /// sensor, t_ms)`: always 0 unless dedupe is broken.
+    /// Messages whose points for a metric were stored more than once (two
+    /// chunks for the same `(device, seq, metric)`): always 0 unless dedupe
+    /// is broken.
     pub async fn duplicate_points(&self) -> Result<i64, Error> {
         Ok(sqlx::query(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM points GROUP BY device, seq, metric, sensor, t_ms HAVING COUNT(*) > 1) d",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM point_chunks GROUP BY device, seq, metric HAVING COUNT(*) > 1) d",
         )
         .fetch_one(&self.pool)
         .await?
         .try_get(0)?)
     }
 
-    /// Deletes telemetry older than `days`; returns points removed.
+    /// Deletes telemetry older than `days`; returns points removed. A
+    /// message's chunk goes once its newest point is older than that.
     pub async fn apply_retention(&self, days: u32) -> Result<u64, Error> {
         let cutoff = now_ms() - i64::from(days) * 86_400_000;
-        Ok(sqlx::query("DELETE FROM points WHERE t_ms < $1")
+        let removed = sqlx::query("DELETE FROM point_chunks WHERE t_max < $1 RETURNING n")
             .bind(cutoff)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut points = 0u64;
+        for r in removed {
+            points += r.try_get::<i64, _>(0)?.max(0) as u64;
+        }
+        Ok(points)
     }
 }
 
-/// Tables [`Store::count`] can count.
+/// Adds the batch's messages to the `uplink` ledger, many rows per
+/// statement; returns, per device, the sequence numbers that were not
+/// there before.
+async fn insert_uplinks(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &[Uplink],
+    now: i64,
+) -> Result<HashMap<String, HashSet<i64>>, Error> {
+    let rows: Vec<(&str, i64, &str)> = batch
+        .iter()
+        .filter_map(|up| Some((up.device.as_str(), up.message.seq()? as i64, kind_name(&up.message))))
+        .collect();
+    let mut new: HashMap<String, HashSet<i64>> = HashMap::new();
+    for part in rows.chunks(UPLINK_ROWS_PER_INSERT) {
+        let mut insert =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO uplink (device, seq, kind, received_ms) ");
+        insert.push_values(part, |mut row, (device, seq, kind)| {
+            row.push_bind(*device).push_bind(*seq).push_bind(*kind).push_bind(now);
+        });
+        insert.push(" ON CONFLICT DO NOTHING RETURNING device, seq");
+        for r in insert.build().fetch_all(&mut *tx).await? {
+            let device: String = r.try_get(0)?;
+            new.entry(device).or_default().insert(r.try_get(1)?);
+        }
+    }
+    Ok(new)
+}
+
+/// Writes chunks as multi-row INSERTs: one statement per row cost more than
+/// the rows themselves.
+async fn insert_chunks(tx: &mut sqlx::SqliteConnection, chunks: &[ChunkRow<'_>]) -> Result<(), Error> {
+    for rows in chunks.chunks(CHUNK_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO point_chunks (device, seq, metric, t_min, t_max, n, points) ",
+        );
+        insert.push_values(rows, |mut row, c| {
+            row.push_bind(c.device)
+                .push_bind(c.seq)
+                .push_bind(c.metric)
+                .push_bind(c.chunk.t_min)
+                .push_bind(c.chunk.t_max)
+                .push_bind(c.chunk.count)
+                .push_bind(c.chunk.blob.as_slice());
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Tables [`Store::count`] can count (`Points` counts points, not rows).
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
 pub enum Table {
