@@ -795,9 +795,10 @@ async fn set_desired(
         rollout: req.rollout.clone(),
     };
     // The device may be offline: it gets the desired state again when it
-    // subscribes (see `presence`).
+    // connects (see `presence`) and when its next state report does not
+    // show this generation (`Stored::desired_again`).
     if let Err(e) = shared.downlink.send_desired(&id, &desired).await {
-        tracing::warn!(device = %id, error = %e, "desired state not sent now; it is sent on the device's next subscribe");
+        tracing::warn!(device = %id, error = %e, "desired state not sent now; it is sent again when the device reports its state");
     }
     let after = shared.store.device(&id).await?;
     shared
@@ -1010,7 +1011,9 @@ async fn metrics(State(shared): St) -> String {
 }
 
 /// Keeps the registry's online state and re-sends the desired state when
-/// a device (re)subscribes.
+/// a device connects. The broker reports the connection before the device
+/// has subscribed, so this send can miss it; the resend after the device's
+/// state report (`Stored::desired_again`) is the one that cannot.
 pub async fn presence(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, bool)>) {
     while let Some((device, online)) = rx.recv().await {
         if let Err(e) = shared.store.set_online(&device, online).await {

@@ -317,6 +317,15 @@ async fn writer(
                 .lag_ms
                 .store(oldest.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
+        // A device whose state report does not show its desired generation
+        // missed it (offline, or subscribed after the connect-time send).
+        // Sent before the acknowledgements, so a device that sees the
+        // acknowledgement of its report has been sent the desired state.
+        for (device, desired) in &stored.desired_again {
+            if let Err(e) = downlink.send_desired(device, desired).await {
+                tracing::warn!(device = %device, error = %e, "desired state not sent again");
+            }
+        }
         for (device, state) in moved {
             downlink.send_ack(&device, state.0).await;
             frontiers.insert(device, state);

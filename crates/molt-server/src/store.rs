@@ -68,6 +68,10 @@ pub struct Stored {
     pub fresh: Vec<bool>,
     /// The alerts the batch inserted, in order; a resent message adds none.
     pub alerts: Vec<StoredAlert>,
+    /// Devices whose newest state report does not show their desired
+    /// generation, with that desired state: the director sends it again
+    /// (docs/protocol.md, "Desired state").
+    pub desired_again: Vec<(String, molt_protocol::Desired)>,
 }
 
 /// An alert as it was inserted, the body of its webhook notification.
@@ -459,6 +463,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut alerts = Vec::new();
+        let mut desired_again: Vec<(String, molt_protocol::Desired)> = Vec::new();
         let mut chunks: Vec<ChunkRow<'_>> = Vec::new();
         // The ledger rows go in first, many per statement; what comes back
         // is the keys that were new. A key twice in one batch (a resend
@@ -552,20 +557,48 @@ impl Store {
                         .await?;
                 }
                 AnyMessage::Reported(r) => {
-                    sqlx::query("UPDATE devices SET reported = $1, reported_ms = $2 WHERE id = $3")
-                        .bind(serde_json::to_string(r).unwrap_or_default())
-                        .bind(now)
-                        .bind(&up.device)
-                        .execute(&mut *tx)
-                        .await?;
+                    // Only a newer report replaces the one kept: a resend
+                    // or a report overtaken on another topic comes late.
+                    let newest = sqlx::query(
+                        "UPDATE devices SET reported = $1, reported_ms = $2, reported_seq = $3 \
+                         WHERE id = $4 AND reported_seq < $3 \
+                         RETURNING desired_generation, desired_release, desired_rollout",
+                    )
+                    .bind(serde_json::to_string(r).unwrap_or_default())
+                    .bind(now)
+                    .bind(seq as i64)
+                    .bind(&up.device)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(row) = newest
+                        && let Some(release) = row.try_get::<Option<i64>, _>(1)?
+                    {
+                        let generation = row.try_get::<i64, _>(0)? as u64;
+                        if r.update.as_ref().map(|u| u.generation) != Some(generation) {
+                            desired_again.retain(|(d, _)| d != &up.device);
+                            desired_again.push((
+                                up.device.clone(),
+                                molt_protocol::Desired {
+                                    v: molt_protocol::PROTOCOL_VERSION,
+                                    generation,
+                                    release: release as u64,
+                                    rollout: row.try_get(2)?,
+                                },
+                            ));
+                        }
+                    }
                 }
                 AnyMessage::Health(h) => {
-                    sqlx::query("UPDATE devices SET health = $1, health_ms = $2 WHERE id = $3")
-                        .bind(serde_json::to_string(h).unwrap_or_default())
-                        .bind(now)
-                        .bind(&up.device)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE devices SET health = $1, health_ms = $2, health_seq = $3 \
+                         WHERE id = $4 AND health_seq < $3",
+                    )
+                    .bind(serde_json::to_string(h).unwrap_or_default())
+                    .bind(now)
+                    .bind(seq as i64)
+                    .bind(&up.device)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 _ => {}
             }
@@ -582,7 +615,11 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(Stored { fresh, alerts })
+        Ok(Stored {
+            fresh,
+            alerts,
+            desired_again,
+        })
     }
 
     /// Writes one audit record.
