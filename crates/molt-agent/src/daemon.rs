@@ -14,15 +14,19 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use molt_wasm::{Action, Deployment, PolicyVersion, Reading, Runtime, RuntimeConfig, State, SwapConfig};
 use serde::Deserialize;
 
+use crate::link::{Link, LinkSummary, ServerConfig};
 use crate::log::{LogLimits, SyncPolicy};
+use crate::metrics::{MetricsConfig, MetricsServer, MetricsSource};
 use crate::outbox::OverflowPolicy;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Policies};
+use crate::report::{Counters, HealthConfig, Observed, Reporter};
 
 /// The agent's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +53,15 @@ pub struct AgentConfig {
     /// Actuator sinks, by actuator name.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkConfig>,
+    /// The link to the fleet server; without it the agent runs offline.
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
+    /// Health reports and events sent to the fleet server.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The local Prometheus endpoint; off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Batching and queue bounds.
@@ -158,6 +171,9 @@ pub enum SourceConfig {
         /// Readings per second, all sensors together.
         rate_per_second: u64,
     },
+    /// A local MQTT broker's topics, acknowledged once journaled
+    /// (`crate::mqtt_io`).
+    Mqtt(crate::mqtt_io::MqttSourceConfig),
 }
 
 /// One policy from local files.
@@ -191,6 +207,10 @@ pub enum SinkConfig {
         /// Commands per second, at most; more are dropped and counted.
         commands_per_second_max: u32,
     },
+    /// Publish each command to a local MQTT topic (`crate::mqtt_io`).
+    Mqtt(crate::mqtt_io::MqttSinkConfig),
+    /// Drive a Linux GPIO line (`crate::gpio`).
+    Gpio(crate::gpio::GpioSinkConfig),
 }
 
 impl AgentConfig {
@@ -201,7 +221,36 @@ impl AgentConfig {
             return Err(format!("{}: over 1 MiB (config_bytes_max)", path.display()));
         }
         let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-        toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+        let config: AgentConfig = toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        if let Some(server) = &config.server {
+            server.check().map_err(|error| format!("{}: {error}", path.display()))?;
+        }
+        config
+            .check_io()
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        config
+            .health
+            .check()
+            .and_then(|()| config.metrics.check())
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the MQTT sources and the MQTT and GPIO sinks, naming the key.
+    pub fn check_io(&self) -> Result<(), String> {
+        for source in &self.sources {
+            if let SourceConfig::Mqtt(mqtt) = source {
+                mqtt.check()?;
+            }
+        }
+        for sink in &self.sinks {
+            match sink {
+                SinkConfig::Log { .. } => {}
+                SinkConfig::Mqtt(mqtt) => mqtt.check()?,
+                SinkConfig::Gpio(gpio) => gpio.check()?,
+            }
+        }
+        Ok(())
     }
 
     /// The pipeline's configuration.
@@ -233,6 +282,8 @@ impl AgentConfig {
 pub struct LocalPolicies {
     policies: Vec<(String, PolicyVersion, Deployment)>,
     swap: SwapConfig,
+    /// Traps, reverts, errors and swaps since the main loop last took them.
+    observed: Observed,
 }
 
 impl LocalPolicies {
@@ -255,7 +306,28 @@ impl LocalPolicies {
                 .map_err(|error| format!("policy {}: {error}", config.name))?;
             policies.push((config.name.clone(), version, deployment));
         }
-        Ok(LocalPolicies { policies, swap })
+        Ok(LocalPolicies {
+            policies,
+            swap,
+            observed: Observed::default(),
+        })
+    }
+
+    /// What the policies did since the last call, for health and events.
+    pub fn take_observed(&mut self) -> Observed {
+        std::mem::take(&mut self.observed)
+    }
+
+    /// Each policy's name and versions, for the reported state.
+    pub fn policy_states(&self) -> Vec<molt_protocol::PolicyState> {
+        self.policies
+            .iter()
+            .map(|(name, _, deployment)| molt_protocol::PolicyState {
+                name: name.clone(),
+                serving: deployment.active_version().to_owned(),
+                trial: deployment.on_trial().then(|| deployment.active_version().to_owned()),
+            })
+            .collect()
     }
 }
 
@@ -264,6 +336,7 @@ impl Policies for LocalPolicies {
         let mut out = Vec::with_capacity(self.policies.len());
         for (_, _, deployment) in &mut self.policies {
             let outcome = deployment.process(batch.to_vec());
+            self.observed.record(&outcome);
             if let Some((_, error)) = outcome.unprocessed {
                 // Handed back by every version: counted, not retried forever.
                 eprintln!(
@@ -301,13 +374,20 @@ impl Policies for LocalPolicies {
 
 /// What sources send the main loop.
 #[derive(Debug)]
-enum Input {
+pub(crate) enum Input {
     Reading {
         sensor: u32,
         timestamp_ms: u64,
         value: f64,
         /// A resumable source's position after this reading.
         cursor: Option<u64>,
+    },
+    /// A reading to acknowledge to its source once it is journaled (MQTT).
+    Acked {
+        sensor: u32,
+        timestamp_ms: u64,
+        value: f64,
+        ack: crate::mqtt_io::Ack,
     },
     /// A line or sample that could not be used, and why.
     Refused(String),
@@ -582,12 +662,26 @@ pub struct RunSummary {
     pub commands: u64,
     /// Commands dropped by a sink's rate limit or with no sink.
     pub commands_dropped: u64,
+    /// The link to the fleet server's counters, when `[server]` is set.
+    pub link: Option<LinkSummary>,
+    /// Whether the server acknowledged every message before the agent
+    /// stopped (within `server.drain_timeout_ms`); `None` without a link.
+    pub drained: Option<bool>,
+    /// Events, reported states and health reports appended to the outbox.
+    pub status_messages: u64,
+    /// Commands a sink refused or failed to carry out (counted, logged).
+    pub commands_failed: u64,
+    /// Each MQTT source's counters.
+    pub mqtt_sources: Vec<crate::mqtt_io::MqttSourceSummary>,
+    /// Each actuator sink's counters.
+    pub actuators: Vec<crate::actuators::ActuatorSummary>,
 }
 
 struct Sink {
     per_second_max: u32,
     window: Instant,
     in_window: u32,
+    output: crate::actuators::Output,
 }
 
 /// Runs the agent until a source ends with `exit_at_eof`. Errors are
@@ -600,7 +694,7 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
         .max(config.limits.batch_readings_max);
     let runtime = Runtime::new(&runtime_config).map_err(|error| format!("starting the policy runtime: {error}"))?;
     let policies = LocalPolicies::start(&runtime, &config.policies)?;
-    let (mut pipeline, resumed) = Pipeline::open(&config.state_dir, config.pipeline(), policies)
+    let (mut pipeline, mut resumed) = Pipeline::open(&config.state_dir, config.pipeline(), policies)
         .map_err(|error| format!("opening {}: {error}", config.state_dir.display()))?;
     for (path, why) in &resumed.bad_checkpoints {
         eprintln!("molt-agent: checkpoint {} not used: {why}", path.display());
@@ -617,23 +711,19 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
         "molt-agent: resumed from checkpoint through reading {}, re-processed {} batches ({} already in the outbox)",
         resumed.checkpoint_through, resumed.replayed_batches, resumed.suppressed_batches
     );
-    let mut sinks: BTreeMap<String, Sink> = config
-        .sinks
-        .iter()
-        .map(|sink| match sink {
-            SinkConfig::Log {
-                actuator,
-                commands_per_second_max,
-            } => (
-                actuator.clone(),
-                Sink {
-                    per_second_max: *commands_per_second_max,
-                    window: Instant::now(),
-                    in_window: 0,
-                },
-            ),
-        })
-        .collect();
+    let mut sinks: BTreeMap<String, Sink> = BTreeMap::new();
+    for sink in &config.sinks {
+        let (actuator, per_second_max, output) = crate::actuators::Output::start(sink)?;
+        let sink = Sink {
+            per_second_max,
+            window: Instant::now(),
+            in_window: 0,
+            output,
+        };
+        if sinks.insert(actuator.clone(), sink).is_some() {
+            return Err(format!("two sinks for actuator {actuator}; one at most"));
+        }
+    }
     let mut summary = RunSummary::default();
     let mut deliver = |commands: Vec<(String, molt_wasm::Command)>, summary: &mut RunSummary| {
         for (policy, command) in commands {
@@ -648,17 +738,58 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
                         continue;
                     }
                     sink.in_window += 1;
-                    summary.commands += 1;
-                    eprintln!(
-                        "molt-agent: command {} = {} from {policy}",
-                        command.actuator, command.value
-                    );
+                    match sink.output.deliver(&command.actuator, &policy, command.value) {
+                        Ok(()) => summary.commands += 1,
+                        Err(why) => {
+                            summary.commands_failed += 1;
+                            if summary.commands_failed <= 100 || summary.commands_failed.is_power_of_two() {
+                                eprintln!("molt-agent: {why} ({} failed so far)", summary.commands_failed);
+                            }
+                        }
+                    }
                 }
                 None => summary.commands_dropped += 1,
             }
         }
     };
-    deliver(resumed.commands, &mut summary);
+    deliver(std::mem::take(&mut resumed.commands), &mut summary);
+    let link = match &config.server {
+        Some(server) => Some(Link::start(
+            server,
+            &config.state_dir,
+            pipeline.shared_outbox(),
+            config.pipeline().protocol,
+        )?),
+        None => None,
+    };
+    let counters = Arc::new(Counters::start(&config.state_dir));
+    let mut reporter = Reporter::new(
+        &config.health,
+        config
+            .server
+            .as_ref()
+            .map_or(std::env::consts::ARCH, |server| server.hardware_class.as_str()),
+        config.pipeline().protocol,
+        counters.clone(),
+        pipeline.shared_outbox(),
+        link.as_ref().map(Link::probe),
+        &config.state_dir,
+    );
+    reporter.started(&resumed);
+    reporter.policies(pipeline.policies().take_observed());
+    let _metrics = MetricsServer::start(
+        &config.metrics,
+        MetricsSource {
+            counters,
+            outbox: pipeline.shared_outbox(),
+            link: link.as_ref().map(Link::probe),
+        },
+    )?;
+    let wake = |link: &Option<Link>| {
+        if let Some(link) = link {
+            link.wake();
+        }
+    };
 
     let resumable = config
         .sources
@@ -672,6 +803,7 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
     }
     let (tx, rx): (SyncSender<Input>, Receiver<Input>) = sync_channel(config.limits.source_queue_max.max(1));
     let resume_at = pipeline.journal().cursor();
+    let mut mqtt_sources = Vec::new();
     for source in &config.sources {
         match source {
             SourceConfig::JsonLines { path, exit_at_eof } => spawn_json_lines(
@@ -686,6 +818,12 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
                 sensors,
                 rate_per_second,
             } => spawn_simulated(*sensors, *rate_per_second, tx.clone()),
+            SourceConfig::Mqtt(mqtt) => {
+                // Readings journaled before a crash that the broker will
+                // deliver again are dropped by their keys.
+                let seed = crate::mqtt_io::journal_keys(pipeline.journal(), mqtt.dedupe_readings_max)?;
+                mqtt_sources.push(crate::mqtt_io::MqttSource::start(mqtt, seed, tx.clone())?);
+            }
         }
     }
     drop(tx);
@@ -693,8 +831,12 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
     let max = config.limits.batch_readings_max.max(1);
     let mut stop = false;
     while !stop {
+        if reporter.tick(|| pipeline.policies().policy_states()) {
+            wake(&link);
+        }
         let mut values = Vec::with_capacity(max);
         let mut cursor = None;
+        let mut acks = Vec::new();
         let deadline = Instant::now() + wait;
         while values.len() < max {
             let timeout = deadline.saturating_duration_since(Instant::now());
@@ -707,6 +849,15 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
                 }) => {
                     values.push((sensor, timestamp_ms, value));
                     cursor = at.or(cursor);
+                }
+                Ok(Input::Acked {
+                    sensor,
+                    timestamp_ms,
+                    value,
+                    ack,
+                }) => {
+                    values.push((sensor, timestamp_ms, value));
+                    acks.push(ack);
                 }
                 Ok(Input::Refused(why)) => {
                     summary.refused_inputs += 1;
@@ -725,15 +876,29 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
             continue;
         }
         loop {
+            let began = Instant::now();
             match pipeline.accept_from(&values, cursor) {
                 Ok(accepted) => {
+                    let observed = pipeline.policies().take_observed();
+                    reporter.batch(values.len(), began.elapsed(), accepted.uplink, observed);
                     summary.readings += values.len() as u64;
                     summary.batches += 1;
+                    // Journaled and fsynced: the sources may acknowledge.
+                    for ack in std::mem::take(&mut acks) {
+                        ack.journaled();
+                    }
+                    if let (Some(link), Some(_)) = (&link, accepted.uplink) {
+                        link.wake();
+                    }
                     deliver(accepted.commands, &mut summary);
                     break;
                 }
                 Err(PipelineError::OutboxFull { .. }) => {
                     // Back-pressure: hold this batch, take nothing new.
+                    reporter.outbox_full();
+                    if reporter.tick(|| pipeline.policies().policy_states()) {
+                        wake(&link);
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(error) => return Err(error.to_string()),
@@ -741,5 +906,19 @@ pub fn run(config: &AgentConfig) -> Result<RunSummary, String> {
         }
     }
     pipeline.checkpoint().map_err(|error| error.to_string())?;
+    summary.mqtt_sources = mqtt_sources.into_iter().map(|source| source.stop()).collect();
+    summary.actuators = std::mem::take(&mut sinks)
+        .into_iter()
+        .map(|(actuator, sink)| sink.output.finish(actuator))
+        .collect();
+    if reporter.stopping(|| pipeline.policies().policy_states()) {
+        wake(&link);
+    }
+    summary.status_messages = reporter.appended();
+    if let Some(link) = link {
+        let newest = pipeline.outbox().next_seq().saturating_sub(1);
+        summary.drained = Some(link.drain(newest));
+        summary.link = Some(link.stop());
+    }
     Ok(summary)
 }

@@ -269,7 +269,7 @@ fn drop_new_messages_spends_no_sequence_on_what_it_drops() {
         pipeline.accept(&values(batch, 20)).unwrap();
     }
     assert!(pipeline.outbox().dropped_messages() > 0);
-    let seqs: Vec<u64> = delivered(pipeline.outbox()).iter().map(|(seq, _)| *seq).collect();
+    let seqs: Vec<u64> = delivered(&pipeline.outbox()).iter().map(|(seq, _)| *seq).collect();
     let mut expected: Vec<u64> = seqs.clone();
     expected.dedup();
     assert_eq!(
@@ -331,7 +331,7 @@ fn restarts_at_every_step_lose_no_reading_and_deliver_no_action_twice() {
     commands.extend(resumed.commands.iter().map(|(_, command)| command.value as u64));
     resumes.push(resumed);
     let total = batch as u64 * 7;
-    let points = delivered(pipeline.outbox());
+    let points = delivered(&pipeline.outbox());
     let readings: Vec<u64> = points.iter().map(|(_, reading)| *reading).collect();
     assert_eq!(
         readings,

@@ -55,15 +55,22 @@
 //! ```
 
 mod action_log;
+pub mod actuators;
 pub mod agent_slots;
 mod config;
 pub mod daemon;
 mod device;
 mod error;
+pub mod gpio;
+pub mod identity;
+pub mod link;
 pub mod log;
+pub mod metrics;
+pub mod mqtt_io;
 pub mod outbox;
 pub mod pipeline;
 mod record;
+pub mod report;
 
 pub use crate::agent_slots::{AGENT_IMAGE_NAME, AgentInstall, Health};
 pub use crate::config::DeviceConfig;

@@ -169,6 +169,8 @@ pub struct Log {
     dirty: bool,
     last_sync: Instant,
     poisoned: bool,
+    /// The newest key known to be on disk after an fsync.
+    durable: Option<u64>,
 }
 
 fn io_error<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
@@ -331,6 +333,7 @@ impl Log {
             dirty: false,
             last_sync: Instant::now(),
             poisoned: false,
+            durable: None,
         };
         // A corrupt older segment keeps its good records but is never
         // appended to; appends go to the newest, whose tail was cut clean.
@@ -339,14 +342,25 @@ impl Log {
                 .append(true)
                 .open(&segment.path)
                 .map_err(io_error("opening", &segment.path))?;
+            // A killed process leaves its unsynced appends in the page
+            // cache, where this process reads them: make them durable
+            // before anything read back counts as such.
+            file.sync_data().map_err(io_error("syncing", &segment.path))?;
             log.file = Some(file);
         }
+        log.durable = log.newest();
         Ok((log, recovery))
     }
 
     /// The newest key held (survives every trim).
     pub fn newest(&self) -> Option<u64> {
         self.segments.iter().rev().find_map(|segment| segment.last)
+    }
+
+    /// The newest key that an fsync made durable: a record above it may
+    /// still be lost to a power cut, and is not sent before it is durable.
+    pub fn durable(&self) -> Option<u64> {
+        self.durable
     }
 
     /// The oldest key that may still be held.
@@ -462,6 +476,7 @@ impl Log {
         }
         self.dirty = false;
         self.last_sync = Instant::now();
+        self.durable = self.newest();
         Ok(())
     }
 

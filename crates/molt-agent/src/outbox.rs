@@ -75,8 +75,10 @@ fn kind_of(code: u8) -> Option<Kind> {
 /// One outbox record: a batch's messages and the batch's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxBatch {
-    /// The last reading sequence of the batch that produced these, or 0
-    /// for messages not produced by a batch (events, state, health).
+    /// The last reading sequence of the batch that produced these; for
+    /// messages no batch produced (events, state, health), the newest
+    /// origin when they were appended, so that the newest record always
+    /// names the newest origin, which is all [`Outbox::open`] reads.
     pub origin: u64,
     /// The messages, with consecutive sequence numbers.
     pub messages: Vec<Uplink>,
@@ -137,6 +139,17 @@ fn decode_batch(record: &Record) -> Result<OutboxBatch, BadRecord> {
         });
     }
     Ok(OutboxBatch { origin, messages })
+}
+
+/// The outbox as the pipeline (which appends) and the fleet link (which
+/// reads, sends and acknowledges) share it.
+pub type SharedOutbox = std::sync::Arc<std::sync::Mutex<Outbox>>;
+
+/// Locks a shared outbox. A panic while it was held leaves the outbox as
+/// its last completed operation left it (the log refuses further writes
+/// by itself after a failed one), so the lock is taken over, not refused.
+pub fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {
+    outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The outbox; see the module docs.
@@ -215,6 +228,14 @@ impl Outbox {
         self.next_seq().saturating_sub(1).saturating_sub(self.stored_through)
     }
 
+    /// The newest sequence number that is durable on disk. Only messages at
+    /// or below it are sent: a message the server stored and a power cut
+    /// then took from the outbox would have its sequence number handed out
+    /// again, for a different message.
+    pub fn durable_through(&self) -> u64 {
+        self.log.durable().unwrap_or(0)
+    }
+
     /// The highest `stored_through` acknowledged.
     pub fn stored_through(&self) -> u64 {
         self.stored_through
@@ -242,6 +263,25 @@ impl Outbox {
             self.origin = origin;
         }
         Ok(Some((first, first + count - 1)))
+    }
+
+    /// Appends one message no batch produced (an event, the reported
+    /// state, a health report), encoded by the caller with sequence number
+    /// [`next_seq`](Outbox::next_seq) under the same lock. Its record keeps
+    /// the newest origin (see [`OutboxBatch::origin`]). `Ok(None)` if it does
+    /// not fit: the caller keeps it until there is room, whatever the
+    /// overflow policy, and it is never counted as dropped. Synced as the
+    /// sync policy says.
+    pub fn append_status(&mut self, kind: Kind, payload: Vec<u8>) -> Result<Option<u64>, LogError> {
+        let messages = [(kind, payload)];
+        let record = encode_batch(self.origin, &messages);
+        if !self.log.fits(record.len()) {
+            return Ok(None);
+        }
+        let seq = self.next_seq();
+        self.log.append(seq, seq, &record)?;
+        self.log.sync()?;
+        Ok(Some(seq))
     }
 
     /// Makes appended batches durable, as the sync policy says.

@@ -31,7 +31,7 @@ use molt_protocol::{Alert, Alerts, Kind, Limits, Severity, TelemetryBuilder};
 use molt_wasm::{Action, Command, Reading, State};
 
 use crate::log::{LogError, LogLimits, Recovery, SyncPolicy};
-use crate::outbox::{Journal, Outbox, OverflowPolicy};
+use crate::outbox::{self, Journal, Outbox, OverflowPolicy, SharedOutbox};
 
 /// The policies a pipeline runs: a [`Device`](crate::Device) in the agent,
 /// anything deterministic in tests.
@@ -167,7 +167,7 @@ pub struct Resumed {
 pub struct Pipeline<P> {
     policies: P,
     journal: Journal,
-    outbox: Outbox,
+    outbox: SharedOutbox,
     dir: PathBuf,
     config: PipelineConfig,
     processed_through: u64,
@@ -301,7 +301,7 @@ impl<P: Policies> Pipeline<P> {
         let mut pipeline = Pipeline {
             policies,
             journal,
-            outbox,
+            outbox: std::sync::Arc::new(std::sync::Mutex::new(outbox)),
             dir: dir.to_owned(),
             config,
             processed_through,
@@ -311,14 +311,14 @@ impl<P: Policies> Pipeline<P> {
         };
         for batch in pipeline.journal.batches_after(processed_through)? {
             let last = batch.last().map_or(0, |reading| reading.sequence);
-            let suppress = last <= pipeline.outbox.origin();
+            let suppress = last <= outbox::lock(&pipeline.outbox).origin();
             resumed.replayed_batches += 1;
             resumed.suppressed_batches += u64::from(suppress);
             let accepted = pipeline.run(&batch, suppress)?;
             resumed.commands.extend(accepted.commands);
         }
         if resumed.replayed_batches > 0 {
-            pipeline.outbox.sync()?;
+            outbox::lock(&pipeline.outbox).sync()?;
             pipeline.checkpoint()?;
         }
         Ok((pipeline, resumed))
@@ -329,9 +329,15 @@ impl<P: Policies> Pipeline<P> {
         &mut self.policies
     }
 
-    /// The outbox.
-    pub fn outbox(&mut self) -> &mut Outbox {
-        &mut self.outbox
+    /// The outbox, locked.
+    pub fn outbox(&mut self) -> std::sync::MutexGuard<'_, Outbox> {
+        outbox::lock(&self.outbox)
+    }
+
+    /// The outbox, to share with the fleet link: it reads and acknowledges
+    /// while the pipeline appends, each under the lock.
+    pub fn shared_outbox(&self) -> SharedOutbox {
+        self.outbox.clone()
     }
 
     /// The journal.
@@ -360,20 +366,21 @@ impl<P: Policies> Pipeline<P> {
                 limit: self.config.batch_readings_max,
             });
         }
-        if self.config.overflow == OverflowPolicy::RefuseReadings
-            && !self.outbox.fits(self.config.outbox.record_bytes_max as usize)
-        {
-            return Err(PipelineError::OutboxFull {
-                held: self.outbox.bytes(),
-                limit: self.config.outbox.bytes_max,
-            });
+        if self.config.overflow == OverflowPolicy::RefuseReadings {
+            let outbox = outbox::lock(&self.outbox);
+            if !outbox.fits(self.config.outbox.record_bytes_max as usize) {
+                return Err(PipelineError::OutboxFull {
+                    held: outbox.bytes(),
+                    limit: self.config.outbox.bytes_max,
+                });
+            }
         }
         let readings = self.journal.append(values, cursor)?;
         if readings.is_empty() {
             return Ok(Accepted::default());
         }
         let mut accepted = self.run(&readings, false)?;
-        self.outbox.sync()?;
+        outbox::lock(&self.outbox).sync()?;
         accepted.readings = readings
             .first()
             .zip(readings.last())
@@ -399,7 +406,7 @@ impl<P: Policies> Pipeline<P> {
         // batch would refuse it again after every restart.
         let mut out = Encoded {
             messages: Vec::new(),
-            next: self.outbox.next_seq(),
+            next: outbox::lock(&self.outbox).next_seq(),
             refused: 0,
         };
         for (served_by, actions) in outputs {
@@ -446,7 +453,7 @@ impl<P: Policies> Pipeline<P> {
             }
         }
         accepted.refused_messages = out.refused;
-        accepted.uplink = self.outbox.append_batch(origin, &out.messages)?;
+        accepted.uplink = outbox::lock(&self.outbox).append_batch(origin, &out.messages)?;
         Ok(accepted)
     }
 
@@ -455,7 +462,7 @@ impl<P: Policies> Pipeline<P> {
         // Every message of a batch the checkpoint covers must be durable
         // first, whatever the outbox's sync policy: re-processing after the
         // checkpoint would never give them again.
-        self.outbox.sync_now()?;
+        outbox::lock(&self.outbox).sync_now()?;
         let states = self.policies.snapshots().map_err(PipelineError::Policy)?;
         let bytes = encode_checkpoint(self.processed_through, &states);
         let path = checkpoint_path(&self.dir, self.next_slot);
