@@ -13,6 +13,11 @@
 //! - After every (re)connect it sends again everything above the last
 //!   `StoreAck`; the server stores by `(device, seq)`, so a resend is
 //!   acknowledged again and never stored twice.
+//! - While connected, if messages are outstanding above the last
+//!   `StoreAck` and none has advanced it for `ack_timeout_ms`, it sends
+//!   again from the last `StoreAck` without reconnecting ([`AckWatch`]): the
+//!   server's broker may drop a message under load, and the cumulative
+//!   acknowledgement would otherwise stall at the gap until a reconnect.
 //! - It reconnects with jittered exponential backoff between
 //!   `reconnect_initial_ms` and `reconnect_max_ms`.
 //! - A `Desired` state is decoded under the protocol's limits, logged and
@@ -73,6 +78,11 @@ pub struct ServerConfig {
     pub connect_timeout_ms: u64,
     /// MQTT keep-alive.
     pub keep_alive_s: u64,
+    /// While connected, messages published above the last `StoreAck` and
+    /// no `StoreAck` advancing for this long: the link sends again from the
+    /// last `StoreAck` without reconnecting (the server's broker may drop a
+    /// message under load, and the acknowledgement stalls at the gap).
+    pub ack_timeout_ms: u64,
     /// Largest MQTT packet sent or received.
     pub mqtt_packet_bytes_max: usize,
     /// Events queued between rumqttc's poller and the link.
@@ -100,6 +110,7 @@ impl Default for ServerConfig {
             reconnect_max_ms: 60_000,
             connect_timeout_ms: 10_000,
             keep_alive_s: 30,
+            ack_timeout_ms: 10_000,
             mqtt_packet_bytes_max: 96 << 10,
             event_queue_max: 256,
             drain_timeout_ms: 10_000,
@@ -121,6 +132,7 @@ impl ServerConfig {
             ("server.reconnect_max_ms", self.reconnect_max_ms),
             ("server.connect_timeout_ms", self.connect_timeout_ms),
             ("server.keep_alive_s", self.keep_alive_s),
+            ("server.ack_timeout_ms", self.ack_timeout_ms),
             ("server.mqtt_packet_bytes_max", self.mqtt_packet_bytes_max as u64),
             ("server.event_queue_max", self.event_queue_max as u64),
             ("server.desired_bytes_max", self.desired_bytes_max),
@@ -274,6 +286,15 @@ pub struct LinkSummary {
     /// Time without a connection since the agent started, milliseconds.
     #[serde(default)]
     pub offline_ms: u64,
+    /// Times the acknowledgement did not advance within `ack_timeout_ms`
+    /// with messages outstanding, each followed by a resend from the last
+    /// `StoreAck` on the same connection.
+    #[serde(default)]
+    pub ack_timeouts: u64,
+    /// Messages published again (a sequence number this run had already
+    /// published), after a reconnect or an acknowledgement timeout.
+    #[serde(default)]
+    pub resends: u64,
 }
 
 #[derive(Debug, Default)]
@@ -287,6 +308,8 @@ struct Stats {
     desired_generation: AtomicU64,
     downlink_refused: AtomicU64,
     connects: AtomicU64,
+    ack_timeouts: AtomicU64,
+    resends: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -370,6 +393,8 @@ impl Shared {
             at_ms: now_ms(),
             connects: stats.connects.load(Ordering::SeqCst),
             offline_ms: self.offline_ms(),
+            ack_timeouts: stats.ack_timeouts.load(Ordering::SeqCst),
+            resends: stats.resends.load(Ordering::SeqCst),
         }
     }
 
@@ -518,6 +543,7 @@ impl Link {
             shared: shared.clone(),
             stop: stop_rx,
             acked,
+            published_through: 0,
         };
         let thread = std::thread::Builder::new()
             .name("molt-link".into())
@@ -616,6 +642,9 @@ struct LinkTask {
     stop: watch::Receiver<bool>,
     /// The newest `StoreAck`.
     acked: u64,
+    /// The newest sequence number published in this run: a publish at or
+    /// below it is a resend.
+    published_through: u64,
 }
 
 /// A token bucket: `rate` per second, `burst` at most. It lives across
@@ -652,6 +681,79 @@ impl Bucket {
             Duration::ZERO
         } else {
             Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+}
+
+/// When the server's acknowledgement has stalled on one connection; no IO,
+/// the caller passes the time.
+///
+/// The server's broker may drop a message under load while the device
+/// stays connected, and the server never acknowledges what it did not
+/// store; its `StoreAck` covers only a gap-free prefix, so one lost message
+/// holds back every acknowledgement after it. The watch runs while messages
+/// published on this connection are above the acknowledgement, and restarts
+/// whenever the acknowledgement advances: [`AckWatch::due`] says that none
+/// advanced it for `timeout`, and the link should send again from the
+/// acknowledgement.
+#[derive(Debug)]
+struct AckWatch {
+    timeout: Duration,
+    /// The newest `StoreAck`.
+    acked: u64,
+    /// The newest sequence number published on this connection.
+    published: u64,
+    /// Since when the acknowledgement has not advanced with messages
+    /// outstanding; `None` while nothing is outstanding.
+    since: Option<Instant>,
+}
+
+impl AckWatch {
+    /// A watch for a new connection, with nothing published yet.
+    fn new(timeout: Duration, acked: u64) -> AckWatch {
+        AckWatch {
+            timeout,
+            acked,
+            published: acked,
+            since: None,
+        }
+    }
+
+    /// Message `seq` was published at `now`.
+    fn published(&mut self, seq: u64, now: Instant) {
+        self.published = self.published.max(seq);
+        if self.published > self.acked && self.since.is_none() {
+            self.since = Some(now);
+        }
+    }
+
+    /// The server acknowledged through `through` at `now`; only an
+    /// acknowledgement that advances restarts the watch.
+    fn acked(&mut self, through: u64, now: Instant) {
+        if through <= self.acked {
+            return;
+        }
+        self.acked = through;
+        self.since = (self.published > self.acked).then_some(now);
+    }
+
+    /// When the watch is due, if messages are outstanding.
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|since| since + self.timeout)
+    }
+
+    /// Messages are outstanding and no acknowledgement advanced for
+    /// `timeout`.
+    fn due(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|deadline| now >= deadline)
+    }
+
+    /// The link sends again from the acknowledgement at `now`: the watch
+    /// restarts, and is due again after another full `timeout` without an
+    /// acknowledgement advancing.
+    fn resending(&mut self, now: Instant) {
+        if self.since.is_some() {
+            self.since = Some(now);
         }
     }
 }
@@ -796,9 +898,32 @@ impl LinkTask {
         let mut read_through = self.acked;
         let mut buffer: std::collections::VecDeque<Uplink> = std::collections::VecDeque::new();
         let mut last_status = Instant::now();
+        let mut watch = AckWatch::new(Duration::from_millis(self.config.ack_timeout_ms), self.acked);
+        // The acknowledgement a stall was last logged at: a stall is logged
+        // once, however often it times out.
+        let mut stall_logged: Option<u64> = None;
         loop {
             let mut wait = Duration::from_millis(250);
             if up && subacks_awaited == 0 {
+                let now = Instant::now();
+                if watch.due(now) {
+                    // Send again from the acknowledgement, on this connection.
+                    self.shared.stats.ack_timeouts.fetch_add(1, Ordering::SeqCst);
+                    if stall_logged != Some(self.acked) {
+                        eprintln!(
+                            "molt-agent: link: no store acknowledgement past {} within ack_timeout_ms={} with messages \
+                             outstanding (the server's broker may have dropped one); sending again from sequence {} \
+                             (logged once until the acknowledgement advances)",
+                            self.acked,
+                            self.config.ack_timeout_ms,
+                            self.acked + 1
+                        );
+                        stall_logged = Some(self.acked);
+                    }
+                    read_through = self.acked;
+                    buffer.clear();
+                    watch.resending(now);
+                }
                 while in_flight < usize::from(self.config.in_flight_max) {
                     if buffer.is_empty() {
                         match self.refill(read_through) {
@@ -821,12 +946,21 @@ impl LinkTask {
                             bucket.take();
                             in_flight += 1;
                             read_through = read_through.max(message.seq);
+                            watch.published(message.seq, Instant::now());
+                            if message.seq <= self.published_through {
+                                self.shared.stats.resends.fetch_add(1, Ordering::SeqCst);
+                            }
+                            self.published_through = self.published_through.max(message.seq);
                             buffer.pop_front();
                             self.shared.stats.published.fetch_add(1, Ordering::SeqCst);
                         }
                         // The request queue is full: the window will drain.
                         Err(_) => break,
                     }
+                }
+                // Wake in time for the acknowledgement's deadline.
+                if let Some(deadline) = watch.deadline() {
+                    wait = wait.min(deadline.saturating_duration_since(Instant::now()));
                 }
             } else if Instant::now() >= connect_deadline {
                 return Ended::Lost {
@@ -878,6 +1012,7 @@ impl LinkTask {
                     // Resend everything above the last StoreAck.
                     read_through = self.acked;
                     buffer.clear();
+                    watch = AckWatch::new(Duration::from_millis(self.config.ack_timeout_ms), self.acked);
                     for topic in [&ack_topic, &desired_topic] {
                         if let Err(error) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                             return Ended::Lost {
@@ -916,6 +1051,7 @@ impl LinkTask {
                 Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                     if publish.topic == ack_topic {
                         self.on_ack(&publish.payload, &mut buffer, &mut read_through);
+                        watch.acked(self.acked, Instant::now());
                     } else if publish.topic == desired_topic {
                         self.on_desired(&publish.payload);
                     }
@@ -1061,6 +1197,93 @@ mod tests {
             stored_through,
         };
         write_acked(dir, &record).unwrap();
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(10_000);
+
+    #[test]
+    fn the_ack_watch_fires_after_the_timeout_with_messages_outstanding() {
+        let start = Instant::now();
+        let mut watch = AckWatch::new(TIMEOUT, 4);
+        watch.published(5, start);
+        watch.published(6, start + Duration::from_millis(100));
+        assert_eq!(
+            watch.deadline(),
+            Some(start + TIMEOUT),
+            "timed from the first outstanding publish"
+        );
+        assert!(!watch.due(start + TIMEOUT - Duration::from_millis(1)));
+        assert!(watch.due(start + TIMEOUT));
+        // An acknowledgement that does not advance changes nothing.
+        watch.acked(4, start + TIMEOUT);
+        assert!(watch.due(start + TIMEOUT));
+    }
+
+    #[test]
+    fn the_ack_watch_does_not_fire_with_nothing_outstanding() {
+        let start = Instant::now();
+        let mut watch = AckWatch::new(TIMEOUT, 4);
+        assert_eq!(watch.deadline(), None);
+        assert!(!watch.due(start + TIMEOUT * 10), "nothing published");
+        // A publish at or below the acknowledgement is not outstanding.
+        watch.published(3, start);
+        assert!(!watch.due(start + TIMEOUT * 10));
+        // Everything published is acknowledged.
+        watch.published(5, start);
+        watch.published(6, start);
+        watch.acked(6, start + Duration::from_millis(500));
+        assert_eq!(watch.deadline(), None);
+        assert!(!watch.due(start + TIMEOUT * 10));
+        // Restarting a watch that is not running does not start it.
+        watch.resending(start + TIMEOUT * 10);
+        assert!(!watch.due(start + TIMEOUT * 20));
+        // An acknowledgement beyond what this connection published (the
+        // store caught up on an earlier connection's messages).
+        watch.acked(9, start + TIMEOUT * 20);
+        watch.published(8, start + TIMEOUT * 20);
+        assert!(!watch.due(start + TIMEOUT * 30));
+    }
+
+    #[test]
+    fn an_advancing_acknowledgement_restarts_the_ack_watch() {
+        let start = Instant::now();
+        let mut watch = AckWatch::new(TIMEOUT, 0);
+        for seq in 1..=10 {
+            watch.published(seq, start);
+        }
+        let advanced = start + Duration::from_millis(9_000);
+        watch.acked(5, advanced);
+        assert!(!watch.due(start + TIMEOUT), "the acknowledgement advanced 1 s ago");
+        assert!(!watch.due(advanced + TIMEOUT - Duration::from_millis(1)));
+        assert!(watch.due(advanced + TIMEOUT), "6..=10 still outstanding");
+    }
+
+    #[test]
+    fn the_ack_watch_fires_again_after_another_full_timeout() {
+        let start = Instant::now();
+        let mut watch = AckWatch::new(TIMEOUT, 0);
+        watch.published(1, start);
+        watch.published(2, start);
+        let fired = start + TIMEOUT + Duration::from_millis(30);
+        assert!(watch.due(fired));
+        watch.resending(fired);
+        assert!(!watch.due(fired), "the watch restarts at the resend");
+        // The resent messages do not move it.
+        watch.published(1, fired + Duration::from_millis(10));
+        watch.published(2, fired + Duration::from_millis(20));
+        assert!(!watch.due(fired + TIMEOUT - Duration::from_millis(1)));
+        assert!(watch.due(fired + TIMEOUT));
+    }
+
+    #[test]
+    fn a_zero_ack_timeout_is_refused_naming_the_key() {
+        assert_eq!(ServerConfig::default().ack_timeout_ms, 10_000);
+        let config = ServerConfig {
+            ack_timeout_ms: 0,
+            ..ServerConfig::default()
+        };
+        let error = config.check().unwrap_err();
+        assert!(error.contains("server.ack_timeout_ms"), "{error}");
     }
 
     #[test]

@@ -73,10 +73,12 @@ fn main() -> ExitCode {
             );
             if let Some(link) = &summary.link {
                 eprintln!(
-                    "molt-agent: link: {} published, acked through {}, {} reconnects, {}",
+                    "molt-agent: link: {} published, acked through {}, {} reconnects, {} acknowledgement timeouts, {} resent, {}",
                     link.published,
                     link.acked_through,
                     link.reconnects,
+                    link.ack_timeouts,
+                    link.resends,
                     match summary.drained {
                         Some(true) => "everything acknowledged by the server",
                         _ => "not everything acknowledged yet (server.drain_timeout_ms passed); the outbox keeps the rest",
@@ -222,13 +224,16 @@ fn status(config: &AgentConfig) -> Result<(), String> {
             });
         match report {
             Some(link) => println!(
-                "link (as of {} ms since the epoch): {}, {} published, acked through {}, {} connects, {} reconnects, offline {} ms{}",
+                "link (as of {} ms since the epoch): {}, {} published, acked through {}, {} connects, {} reconnects, \
+                 {} acknowledgement timeouts, {} resent, offline {} ms{}",
                 link.at_ms,
                 if link.connected { "connected" } else { "not connected" },
                 link.published,
                 link.acked_through,
                 link.connects,
                 link.reconnects,
+                link.ack_timeouts,
+                link.resends,
                 link.offline_ms,
                 link.last_error
                     .map(|error| format!(", last error: {error}"))

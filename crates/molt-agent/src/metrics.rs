@@ -213,6 +213,18 @@ impl MetricsSource {
                 link.reconnects,
             );
             metric(
+                "molt_agent_link_ack_timeouts_total",
+                "counter",
+                "Times no store acknowledgement advanced within server.ack_timeout_ms with messages outstanding, each followed by a resend.",
+                link.ack_timeouts,
+            );
+            metric(
+                "molt_agent_link_resends_total",
+                "counter",
+                "Messages published again, after a reconnect or an acknowledgement timeout.",
+                link.resends,
+            );
+            metric(
                 "molt_agent_link_offline_milliseconds_total",
                 "counter",
                 "Time without a connection since the agent started.",
