@@ -66,8 +66,15 @@ pub struct Limits {
     /// Longest a received message waits for its batch to fill, in ms.
     pub ingest_batch_wait_ms: u64,
     /// Messages waiting for the store before the server stops reading the
-    /// broker (back-pressure; nothing is dropped).
+    /// broker (back-pressure: the broker then queues for the server, up to
+    /// `broker_server_queue_max`).
     pub ingest_queue_max: usize,
+    /// Publishes the embedded broker has accepted and the server's own
+    /// client not yet received, at most; above it the broker refuses new
+    /// publishes (`molt_broker_shed_total`) without disconnecting, so its
+    /// memory stays bounded under overload. Nothing acknowledged is lost:
+    /// a device resends whatever the store has not acknowledged.
+    pub broker_server_queue_max: usize,
     /// Device connections the broker accepts at once.
     pub broker_connections_max: usize,
     /// TLS handshakes in progress at once.
@@ -110,6 +117,7 @@ impl Default for Limits {
             ingest_batch_max: 2000,
             ingest_batch_wait_ms: 20,
             ingest_queue_max: 50_000,
+            broker_server_queue_max: 5_000,
             broker_connections_max: 20_000,
             broker_handshakes_max: 2_000,
             mqtt_packet_bytes_max: 96 * 1024,
@@ -368,6 +376,7 @@ impl Config {
             ("limits.device_message_burst", l.device_message_burst as usize),
             ("limits.ingest_batch_max", l.ingest_batch_max),
             ("limits.ingest_queue_max", l.ingest_queue_max),
+            ("limits.broker_server_queue_max", l.broker_server_queue_max),
             ("limits.broker_connections_max", l.broker_connections_max),
             ("limits.broker_handshakes_max", l.broker_handshakes_max),
             ("limits.mqtt_connect_timeout_s", l.mqtt_connect_timeout_s as usize),
@@ -423,6 +432,10 @@ ingest_batch_max = 2000
 ingest_batch_wait_ms = 20
 # Messages waiting for the store before the server stops reading (back-pressure).
 ingest_queue_max = 50000
+# Publishes the broker holds for the server, at most; above it new publishes
+# are refused (not disconnected) and devices resend what the store has not
+# acknowledged. Bounds the broker's memory under overload.
+broker_server_queue_max = 5000
 # Device connections accepted at once, and TLS handshakes in progress at once.
 broker_connections_max = 20000
 broker_handshakes_max = 2000

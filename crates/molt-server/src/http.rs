@@ -981,6 +981,16 @@ async fn metrics(State(shared): St) -> String {
         "# TYPE molt_ingest_lag_ms gauge\nmolt_ingest_lag_ms {}",
         l(&i.lag_ms)
     );
+    let _ = writeln!(
+        out,
+        "# TYPE molt_broker_dropped_total counter\nmolt_broker_dropped_total {}",
+        l(&shared.gate.dropped)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE molt_broker_shed_total counter\nmolt_broker_shed_total {}",
+        l(&shared.gate.shed)
+    );
     let _ = writeln!(out, "# TYPE molt_refusals_total counter");
     for (reason, n) in shared.gate.refusals.by_reason() {
         let _ = writeln!(out, "molt_refusals_total{{reason=\"{reason}\"}} {n}");

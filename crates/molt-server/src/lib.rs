@@ -155,15 +155,16 @@ pub async fn start(config: Config, https: tokio::net::TcpListener) -> Result<Run
         .trim()
         .to_owned();
     let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stats = Arc::new(ingest::IngestStats::default());
     let gate = Arc::new(broker::Gate::new(
         store.all_access().await?,
         secret.clone(),
         &config,
         presence_tx,
+        stats.clone(),
     ));
     let (broker_addrs, broker_task) = broker::start(&config, gate.clone()).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(ingest::IngestStats::default());
     let webhook_stats = Arc::new(webhook::WebhookStats::default());
     let (notifier, webhook_task) = webhook::start(&config.webhook, webhook_stats.clone(), Shutdown(stop_rx.clone()))?;
     let (downlink, ingest_task) = ingest::start(

@@ -22,10 +22,20 @@ const DEVICES: usize = 1000;
 const MESSAGES: u64 = 20;
 const POINTS: usize = 5;
 const SEND_EVERY: Duration = Duration::from_millis(100);
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Spawned {
     child: Child,
     mqtt: SocketAddr,
+}
+
+/// A failing test must not leave its server running (it would hold the
+/// test harness's output open).
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn spawn_server(config: &std::path::Path) -> Spawned {
@@ -80,7 +90,12 @@ async fn device(
         let topic = format!("molt/d/{}/telemetry", identity.device);
         let mut tick = tokio::time::interval(SEND_EVERY);
         let mut up = false;
+        // When the acknowledgement stops advancing with messages
+        // outstanding, resend from it (the agent's ack_timeout_ms): an
+        // overloaded broker refuses publishes rather than queue them.
+        let mut stall = tokio::time::Instant::now() + ACK_TIMEOUT;
         loop {
+            let acked = state.acked.load(Ordering::SeqCst);
             tokio::select! {
                 e = ev.poll() => match e {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -101,6 +116,7 @@ async fn device(
                             let old = state.acked.fetch_max(ack.stored_through, Ordering::SeqCst);
                             if ack.stored_through > old {
                                 total_acked.fetch_add(ack.stored_through - old, Ordering::Relaxed);
+                                stall = tokio::time::Instant::now() + ACK_TIMEOUT;
                             }
                             if ack.stored_through >= MESSAGES {
                                 let _ = client.try_disconnect();
@@ -111,7 +127,17 @@ async fn device(
                     Ok(_) => {}
                     Err(_) => break,
                 },
+                _ = tokio::time::sleep_until(stall), if up && acked < sent => {
+                    for seq in acked + 1..=sent {
+                        resent.fetch_add(1, Ordering::Relaxed);
+                        let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, telemetry_payload(seq, POINTS));
+                    }
+                    stall = tokio::time::Instant::now() + ACK_TIMEOUT;
+                }
                 _ = tick.tick(), if up && sent < MESSAGES => {
+                    if acked == sent {
+                        stall = tokio::time::Instant::now() + ACK_TIMEOUT;
+                    }
                     sent += 1;
                     let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, telemetry_payload(sent, POINTS));
                 }
