@@ -15,7 +15,7 @@
 //!   acknowledged again and never stored twice.
 //! - While connected, if messages are outstanding above the last
 //!   `StoreAck` and none has advanced it for `ack_timeout_ms`, it sends
-//!   again from the last `StoreAck` without reconnecting ([`AckWatch`]): the
+//!   again from the last `StoreAck` without reconnecting (`AckWatch`): the
 //!   server's broker may drop a message under load, and the cumulative
 //!   acknowledgement would otherwise stall at the gap until a reconnect.
 //! - It reconnects with jittered exponential backoff between
