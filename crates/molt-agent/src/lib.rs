@@ -66,6 +66,7 @@ pub mod identity;
 pub mod link;
 pub mod log;
 pub mod metrics;
+mod mqtt_client;
 pub mod mqtt_io;
 pub mod outbox;
 pub mod pipeline;

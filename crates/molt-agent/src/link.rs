@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::identity::{self, Identity};
+use crate::mqtt_client::{Backoff, spawn_poller};
 use crate::outbox::{self, Outbox, SharedOutbox, Uplink};
 
 /// The `[server]` section of the agent's configuration: the link to the
@@ -758,28 +759,6 @@ impl AckWatch {
     }
 }
 
-/// A small xorshift for the backoff's jitter; not for secrets.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |elapsed| elapsed.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        Jitter(seed | 1)
-    }
-
-    /// A duration in `[half, full]` of `full`.
-    fn spread(&mut self, full: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let fraction = 0.5 + (self.0 >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
-        full.mul_f64(fraction)
-    }
-}
-
 impl LinkTask {
     async fn run(mut self) {
         let mut bucket = Bucket {
@@ -788,10 +767,7 @@ impl LinkTask {
             burst: f64::from(self.config.publish_burst_max),
             at: Instant::now(),
         };
-        let mut jitter = Jitter::new();
-        let initial = Duration::from_millis(self.config.reconnect_initial_ms);
-        let max = Duration::from_millis(self.config.reconnect_max_ms);
-        let mut backoff = initial;
+        let mut backoff = Backoff::new(self.config.reconnect_initial_ms, self.config.reconnect_max_ms, 0);
         loop {
             if *self.stop.borrow() {
                 return;
@@ -802,10 +778,7 @@ impl LinkTask {
                     self.shared.stats.connected.store(false, Ordering::SeqCst);
                     self.shared.set_online(false);
                     self.shared.stats.reconnects.fetch_add(1, Ordering::SeqCst);
-                    if was_up {
-                        backoff = initial;
-                    }
-                    let wait = jitter.spread(backoff);
+                    let wait = backoff.next_wait(was_up);
                     eprintln!(
                         "molt-agent: link: {error}; reconnecting to {} in {} ms",
                         self.shared.broker,
@@ -817,7 +790,6 @@ impl LinkTask {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.stop.changed() => return,
                     }
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }
@@ -849,23 +821,7 @@ impl LinkTask {
             .network_options
             .set_connection_timeout(self.config.connect_timeout_ms.div_ceil(1000).max(1));
         let (events_tx, mut events) = mpsc::channel::<Result<Event, String>>(self.config.event_queue_max);
-        // The poller only forwards; it never publishes (rumqttc #1025).
-        let poller = tokio::spawn(async move {
-            loop {
-                match event_loop.poll().await {
-                    Ok(event @ Event::Incoming(_)) => {
-                        if events_tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(_)) => {}
-                    Err(error) => {
-                        let _ = events_tx.send(Err(error.to_string())).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let poller = spawn_poller(event_loop, events_tx);
         let ended = self.drive(&client, &mut events, bucket).await;
         if matches!(ended, Ended::Stop) {
             let _ = client.try_disconnect();

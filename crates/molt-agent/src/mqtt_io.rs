@@ -80,6 +80,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::daemon::Input;
+use crate::mqtt_client::{Backoff, spawn_poller};
 use crate::outbox::Journal;
 
 /// The `[[source]] kind = "mqtt"` section; defaults in `packaging/agent.toml`.
@@ -677,28 +678,6 @@ fn set_error(slot: &std::sync::Mutex<Option<String>>, error: String) {
     }
 }
 
-/// A small xorshift for the backoff's jitter; not for secrets.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(salt: u64) -> Jitter {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |elapsed| elapsed.as_nanos() as u64)
-            ^ salt.rotate_left(32);
-        Jitter(seed | 1)
-    }
-
-    /// A duration in `[half, full]` of `full`.
-    fn spread(&mut self, full: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let fraction = 0.5 + (self.0 >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
-        full.mul_f64(fraction)
-    }
-}
-
 /// A topic or error text cut for a log line.
 fn cut(text: &str) -> String {
     if text.len() <= 128 {
@@ -709,30 +688,6 @@ fn cut(text: &str) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
-}
-
-/// Polls `event_loop` and forwards what it yields; never publishes or
-/// acknowledges (rumqttc issue #1025).
-fn spawn_poller(
-    mut event_loop: rumqttc::EventLoop,
-    events_tx: mpsc::Sender<Result<Event, String>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match event_loop.poll().await {
-                Ok(event @ Event::Incoming(_)) => {
-                    if events_tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(_)) => {}
-                Err(error) => {
-                    let _ = events_tx.send(Err(error.to_string())).await;
-                    return;
-                }
-            }
-        }
-    })
 }
 
 /// Why a connection ended.
@@ -861,10 +816,11 @@ fn ack_packet(pkid: u16) -> Publish {
 
 impl SourceTask {
     async fn run(mut self) {
-        let mut jitter = Jitter::new(u64::from(self.config.port));
-        let initial = Duration::from_millis(self.config.reconnect_initial_ms);
-        let max = Duration::from_millis(self.config.reconnect_max_ms);
-        let mut backoff = initial;
+        let mut backoff = Backoff::new(
+            self.config.reconnect_initial_ms,
+            self.config.reconnect_max_ms,
+            u64::from(self.config.port),
+        );
         loop {
             if *self.stop.borrow() {
                 return;
@@ -874,10 +830,7 @@ impl SourceTask {
                 Ended::Lost { error, was_up } => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     bump(&self.stats.reconnects);
-                    if was_up {
-                        backoff = initial;
-                    }
-                    let wait = jitter.spread(backoff);
+                    let wait = backoff.next_wait(was_up);
                     eprintln!(
                         "molt-agent: mqtt source {}: {error}; reconnecting in {} ms",
                         self.broker,
@@ -897,7 +850,6 @@ impl SourceTask {
                             }
                         }
                     }
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }
@@ -1407,10 +1359,11 @@ struct SinkTask {
 
 impl SinkTask {
     async fn run(mut self) {
-        let mut jitter = Jitter::new(u64::from(self.config.port) ^ 0x5157);
-        let initial = Duration::from_millis(self.config.reconnect_initial_ms);
-        let max = Duration::from_millis(self.config.reconnect_max_ms);
-        let mut backoff = initial;
+        let mut backoff = Backoff::new(
+            self.config.reconnect_initial_ms,
+            self.config.reconnect_max_ms,
+            u64::from(self.config.port) ^ 0x5157,
+        );
         loop {
             if *self.stop.borrow() {
                 break;
@@ -1420,10 +1373,7 @@ impl SinkTask {
                 Ended::Lost { error, was_up } => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     bump(&self.stats.reconnects);
-                    if was_up {
-                        backoff = initial;
-                    }
-                    let wait = jitter.spread(backoff);
+                    let wait = backoff.next_wait(was_up);
                     eprintln!(
                         "molt-agent: mqtt sink {}: {error}; reconnecting to {}:{} in {} ms",
                         self.config.actuator,
@@ -1436,7 +1386,6 @@ impl SinkTask {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.stop.changed() => break,
                     }
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }
