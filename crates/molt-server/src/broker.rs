@@ -108,9 +108,12 @@ pub struct Gate {
     pub connected: AtomicU64,
     /// Uplink publishes accepted by the ACL.
     pub publishes_accepted: AtomicU64,
-    /// Accepted messages the broker dropped (a subscriber's queue full,
-    /// say); devices resend them.
+    /// Accepted messages the broker dropped (a subscriber's queue full, or
+    /// no subscriber at all); devices resend them.
     pub dropped: AtomicU64,
+    /// Accepted messages written off when the server's client connected
+    /// with a new session (whatever its old session held is gone).
+    written_off: AtomicU64,
     /// Publishes refused because the server's client was
     /// `limits.broker_server_queue_max` messages behind; devices resend them.
     pub shed: AtomicU64,
@@ -143,6 +146,7 @@ impl Gate {
             publishes_accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            written_off: AtomicU64::new(0),
             ingest,
             backlog_max: config.limits.broker_server_queue_max as u64,
             presence,
@@ -154,8 +158,17 @@ impl Gate {
     /// (nor the broker dropped).
     fn backlog(&self) -> u64 {
         let accepted = self.publishes_accepted.load(Ordering::Relaxed);
-        let gone = self.ingest.messages_in.load(Ordering::Relaxed) + self.dropped.load(Ordering::Relaxed);
+        let gone = self.ingest.messages_in.load(Ordering::Relaxed)
+            + self.dropped.load(Ordering::Relaxed)
+            + self.written_off.load(Ordering::Relaxed);
         accepted.saturating_sub(gone)
+    }
+
+    /// The server's client has connected with a clean session: nothing
+    /// accepted before is still on its way to it, whether or not the broker
+    /// reported the loss, so the backlog starts again from zero.
+    pub fn forget_backlog(&self) {
+        self.written_off.fetch_add(self.backlog(), Ordering::Relaxed);
     }
 
     fn access_of(&self, device: &str) -> Access {
@@ -375,6 +388,10 @@ impl Handler for Hooks {
             }
             // A publish the ACL refused is reported as dropped too; only
             // accepted messages the broker then lost count here.
+            Parameter::MessageNonsubscribed(_) => {
+                bump(&gate.dropped);
+                (true, acc)
+            }
             Parameter::MessageDropped(_, _, _, reason) => {
                 if !matches!(reason, Reason::PublishResult(_)) {
                     bump(&gate.dropped);
@@ -413,6 +430,7 @@ pub async fn start(config: &Config, gate: Arc<Gate>) -> Result<(BrokerAddrs, tok
         Type::ClientConnected,
         Type::ClientDisconnected,
         Type::MessageDropped,
+        Type::MessageNonsubscribed,
     ] {
         register
             .add_priority(typ, i32::MAX as _, Box::new(Hooks { gate: gate.clone() }))

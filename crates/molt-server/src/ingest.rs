@@ -104,12 +104,14 @@ struct Received {
 
 /// Connects the server's client to the broker's local listener and starts
 /// the ingest tasks. Alerts a committed batch inserted go to `notifier`.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: &Config,
     local: SocketAddr,
     secret: &str,
     store: Store,
     stats: Arc<IngestStats>,
+    gate: Arc<crate::broker::Gate>,
     notifier: Notifier,
     shutdown: tokio_util_shutdown::Shutdown,
 ) -> Result<(Downlink, tokio::task::JoinHandle<()>), Error> {
@@ -180,6 +182,7 @@ pub async fn start(
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    gate.forget_backlog();
                     if connected_once {
                         let c = resubscribe.clone();
                         let fs = filters.clone();

@@ -173,6 +173,7 @@ pub async fn start(config: Config, https: tokio::net::TcpListener) -> Result<Run
         &secret,
         store.clone(),
         stats.clone(),
+        gate.clone(),
         notifier,
         Shutdown(stop_rx.clone()),
     )
